@@ -1,0 +1,1 @@
+"""The trading agents, one sub-package per deployable service."""

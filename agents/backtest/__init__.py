@@ -1,0 +1,1 @@
+"""The backtest agent: Market data (OHLCV) and backtests."""

@@ -1,0 +1,1 @@
+"""The monitor agent: Health history of the fleet, metrics, alerts."""

@@ -1,0 +1,1 @@
+"""The optimize agent: Parameter search over backtests and walk-forward validation."""

@@ -1,0 +1,48 @@
+"""Redis: JSON events on named channels (trading-state broadcast, live event stream)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+CHANNEL_PREFIX = "volex:"
+
+
+class EventBus:
+    """Publish and subscribe JSON events; one connection pool per process."""
+
+    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
+        self.redis: aioredis.Redis = aioredis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+        )
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def publish(self, channel: str, event: dict[str, Any]) -> int:
+        """Send `event` to everyone subscribed to `channel`; returns how many got it."""
+        receivers: int = await self.redis.publish(
+            CHANNEL_PREFIX + channel, json.dumps(event, default=str)
+        )
+        return receivers
+
+    async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
+        """Yield events published on `channel` from now on, until the caller stops."""
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(CHANNEL_PREFIX + channel)
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    yield json.loads(message["data"])
+        finally:
+            await pubsub.aclose()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+__all__ = ["EventBus", "RedisError"]

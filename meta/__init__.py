@@ -1,0 +1,1 @@
+"""The meta-agent: plain-English commands turned into calls to the agents."""

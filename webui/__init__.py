@@ -1,0 +1,1 @@
+"""The web UI service: a client of the agents, owning no data."""
