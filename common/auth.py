@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from common.errors import ServiceUnavailable, Unauthorized
 
-TOKEN_DIGESTS_PATH = "volex/api-token-digests"
+TOKEN_DIGESTS_PATH = "volex/api-token-digests"  # noqa: S105 - a path, not a secret
 OPERATOR = "operator"
 
 

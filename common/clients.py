@@ -18,7 +18,9 @@ from common.settings import SERVICES, Settings
 class AgentClient:
     """Calls one agent on behalf of this service."""
 
-    def __init__(self, name: str, base_url: str, http: httpx.AsyncClient, token: str | None) -> None:
+    def __init__(
+        self, name: str, base_url: str, http: httpx.AsyncClient, token: str | None
+    ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.http = http

@@ -97,5 +97,5 @@ def make_time_series(
         return True
     columns = ", ".join([*key_columns, f"{time_column} DESC"])
     index = f"ix_{table}_{'_'.join([*key_columns, time_column])}"
-    conn.execute(text(f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({columns})"))  # noqa: S608
+    conn.execute(text(f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({columns})"))
     return False

@@ -39,12 +39,15 @@ class ServiceMetrics:
             registry=self.registry,
         )
         info = Gauge(
-            "volex_service_info", "Constant 1, labelled with the service and version",
-            ["service", "version"], registry=self.registry,
+            "volex_service_info",
+            "Constant 1, labelled with the service and version",
+            ["service", "version"],
+            registry=self.registry,
         )
         info.labels(service=service, version=version).set(1)
         started = Gauge(
-            "volex_service_start_time_seconds", "Unix time the process started",
+            "volex_service_start_time_seconds",
+            "Unix time the process started",
             registry=self.registry,
         )
         started.set(time.time())

@@ -52,9 +52,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [
-                    *message["headers"], (b"x-request-id", request_id.encode())
-                ]
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
@@ -137,6 +135,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         errors_log.exception("unhandled error")
         return problem_response(
-            request, 500, "Internal error",
+            request,
+            500,
+            "Internal error",
             f"the service failed unexpectedly; quote request id {request_id_var.get()}",
         )

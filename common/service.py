@@ -108,7 +108,7 @@ AgentsDep = Annotated[Agents, Depends(get_agents)]
 EventsDep = Annotated[EventBus, Depends(get_events)]
 
 
-# --- secrets upkeep -------------------------------------------------------------------
+# --- secrets upkeep ------------------------------------------------------------------
 def _load_identity(kit: Kit) -> None:
     """Read the token digests and this service's own token; raise if Vault cannot answer."""
     assert kit.vault is not None
@@ -145,7 +145,7 @@ def _upkeep_delay(kit: Kit) -> float:
     return interval
 
 
-# --- lifespan -----------------------------------------------------------------------------
+# --- lifespan ------------------------------------------------------------------------
 def _open(kit: Kit) -> None:
     settings = kit.settings
     if "database" in kit.dependencies:
@@ -158,7 +158,8 @@ def _open(kit: Kit) -> None:
         register_secret(httpx.URL(url).password)
         kit.events = EventBus(url, timeout=settings.health_timeout)
     kit.vault = VaultClient(
-        settings.resolved_vault_addr(), settings.approle_file(kit.name),
+        settings.resolved_vault_addr(),
+        settings.approle_file(kit.name),
         timeout=settings.vault_timeout,
     )
     kit.http = httpx.AsyncClient(timeout=settings.http_timeout)
@@ -177,9 +178,9 @@ async def _close(kit: Kit) -> None:
         kit.engine.dispose()
 
 
-def _make_lifespan(kit: Kit, service_lifespan: ServiceLifespan | None) -> Callable[
-    [FastAPI], AbstractAsyncContextManager[None]
-]:
+def _make_lifespan(
+    kit: Kit, service_lifespan: ServiceLifespan | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _open(kit)
@@ -203,7 +204,7 @@ def _make_lifespan(kit: Kit, service_lifespan: ServiceLifespan | None) -> Callab
     return lifespan
 
 
-# --- health -------------------------------------------------------------------------------
+# --- health --------------------------------------------------------------------------
 class DependencyHealth(BaseModel):
     ok: bool
     detail: str
@@ -314,7 +315,7 @@ def _install_docs(app: FastAPI, name: str) -> None:
         )
 
 
-# --- the factory ------------------------------------------------------------------------------
+# --- the factory ---------------------------------------------------------------------
 def create_service(
     name: str,
     routers: Sequence[APIRouter] = (),

@@ -35,11 +35,7 @@ SERVICES: tuple[str, ...] = tuple(SERVICE_PORTS)
 APP_MODULES: dict[str, str] = {
     "meta": "meta.app",
     "webui": "webui.app",
-    **{
-        name: f"agents.{name}.app"
-        for name in SERVICES
-        if name not in ("meta", "webui")
-    },
+    **{name: f"agents.{name}.app" for name in SERVICES if name not in ("meta", "webui")},
 }
 
 # The dependencies each service needs to be healthy. The web UI owns no data.
@@ -104,14 +100,14 @@ class Settings(BaseSettings):
     def home_dir(self) -> Path:
         return self.home.expanduser().resolve()
 
-    # --- ports and URLs -----------------------------------------------------
+    # --- ports and URLs ---------------------------------------------------------------
     def port_of(self, service: str) -> int:
         return self.port_base + SERVICE_PORTS[service]
 
     def url_of(self, service: str) -> str:
         return self.agent_url_template.format(name=service, port=self.port_of(service))
 
-    # --- which servers are ours ----------------------------------------------
+    # --- which servers are ours -------------------------------------------------------
     @property
     def embedded_postgres(self) -> bool:
         return self.database_url is None
@@ -124,7 +120,7 @@ class Settings(BaseSettings):
     def embedded_vault(self) -> bool:
         return self.vault_addr is None
 
-    # --- resolved addresses ----------------------------------------------------
+    # --- resolved addresses -----------------------------------------------------------
     @property
     def postgres_password_file(self) -> Path:
         return self.home_dir / "postgres" / "password"

@@ -9,11 +9,13 @@ redaction. When Vault is unreachable or sealed the service keeps running:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
+import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,11 +86,10 @@ class VaultClient:
         self._token: _Token | None = None
         self._cache: dict[str, _CachedSecret] = {}
         self._lock = threading.RLock()
-        self._last_error: str | None = None
 
-    # --- login and renewal ------------------------------------------------------
+    # --- login and renewal ------------------------------------------------------------
     def _client(self, token: str | None = None) -> hvac.Client:
-        return hvac.Client(url=self.addr, token=token, timeout=self.timeout)
+        return hvac.Client(url=self.addr, token=token, timeout=math.ceil(self.timeout))
 
     def _credentials(self) -> tuple[str, str]:
         try:
@@ -106,15 +107,15 @@ class VaultClient:
         with self._lock, _vault_errors("log in"):
             auth = self._client().auth.approle.login(role_id=role_id, secret_id=secret_id)["auth"]
             register_secret(auth["client_token"])
-            self._token = _Token(
+            token = _Token(
                 value=auth["client_token"],
                 ttl=int(auth["lease_duration"]),
                 obtained_at=time.monotonic(),
                 renewable=bool(auth["renewable"]),
             )
+            self._token = token
             self.counters.logins += 1
-            self._last_error = None
-        log.info("vault login", extra={"ttl": self._token.ttl})
+        log.info("vault login", extra={"ttl": token.ttl})
 
     def renew(self) -> None:
         """Renew the token; log in again if renewal is refused or the token is gone."""
@@ -156,7 +157,7 @@ class VaultClient:
             return 0.0
         return max(0.0, token.ttl - (time.monotonic() - token.obtained_at))
 
-    # --- secrets -----------------------------------------------------------------
+    # --- secrets ----------------------------------------------------------------------
     def read(self, path: str, *, fresh: bool = False) -> dict[str, Any]:
         """Read a KV v2 secret (`path` under `secret/`).
 
@@ -165,14 +166,12 @@ class VaultClient:
         503 — the choice for anything that must not act on stale credentials.
         """
         try:
-            token = self.ensure_token()
-            with _vault_errors(f"read secret/{path}"):
-                try:
-                    response = self._client(token).secrets.kv.v2.read_secret_version(
-                        path=path, mount_point=KV_MOUNT, raise_on_deleted_version=True
-                    )
-                except hvac.exceptions.InvalidPath as exc:
-                    raise SecretNotFound(f"secret/{path} does not exist in Vault") from exc
+            try:
+                response = self._read_once(path)
+            except VaultAccessDenied:
+                # A revoked or expired token looks like a refusal: log in again once.
+                self.login()
+                response = self._read_once(path)
         except (SecretNotFound, VaultAccessDenied):
             raise
         except ServiceUnavailable:
@@ -186,11 +185,22 @@ class VaultClient:
         self.counters.reads += 1
         return dict(data)
 
+    def _read_once(self, path: str) -> dict[str, Any]:
+        token = self.ensure_token()
+        with _vault_errors(f"read secret/{path}"):
+            try:
+                response: dict[str, Any] = self._client(token).secrets.kv.v2.read_secret_version(
+                    path=path, mount_point=KV_MOUNT, raise_on_deleted_version=True
+                )
+            except hvac.exceptions.InvalidPath as exc:
+                raise SecretNotFound(f"secret/{path} does not exist in Vault") from exc
+        return response
+
     def cached(self, path: str) -> dict[str, Any] | None:
         cached = self._cache.get(path)
         return dict(cached.data) if cached else None
 
-    # --- health -------------------------------------------------------------------
+    # --- health -----------------------------------------------------------------------
     def status(self) -> VaultStatus:
         """Is Vault reachable and unsealed, and do we hold a valid token?"""
         try:
@@ -215,46 +225,19 @@ class VaultClient:
                 return VaultStatus(False, exc.message)
         return VaultStatus(True, f"token valid for {int(self.token_ttl_remaining)}s")
 
-    async def maintain(self, refresh: list[str], interval: float) -> None:
-        """Background loop: keep the token fresh and re-read `refresh` paths."""
-        while True:
-            try:
-                await asyncio.to_thread(self.ensure_token)
-            except ServiceUnavailable as exc:
-                if exc.message != self._last_error:
-                    log.warning("vault token upkeep failed", extra={"reason": exc.message})
-                self._last_error = exc.message
-            for path in refresh:
-                try:
-                    await asyncio.to_thread(self.read, path)
-                except ServiceUnavailable as exc:
-                    if exc.message != self._last_error:
-                        log.warning("vault refresh failed", extra={"reason": exc.message})
-                    self._last_error = exc.message
-            delay = interval
-            if self._token is not None:
-                delay = min(interval, max(0.5, self._token.ttl * RENEW_AT_FRACTION / 2))
-            await asyncio.sleep(delay)
 
-
-class _vault_errors:  # noqa: N801 - used as a context manager, reads like a statement
+@contextmanager
+def _vault_errors(action: str) -> Iterator[None]:
     """Turn hvac/requests failures into ServiceUnavailable naming what we tried."""
-
-    def __init__(self, action: str) -> None:
-        self.action = action
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
-        if exc is None or isinstance(exc, ServiceUnavailable):
-            return False
-        if isinstance(exc, hvac.exceptions.Forbidden):
-            raise VaultAccessDenied(f"Vault refused to let this service {self.action}") from exc
-        if isinstance(exc, hvac.exceptions.VaultDown):
-            raise ServiceUnavailable(f"Vault is sealed; could not {self.action}") from exc
-        if isinstance(exc, requests.RequestException | hvac.exceptions.VaultError):
-            raise ServiceUnavailable(
-                f"Vault unreachable; could not {self.action} ({exc.__class__.__name__})"
-            ) from exc
-        return False
+    try:
+        yield
+    except ServiceUnavailable:
+        raise
+    except hvac.exceptions.Forbidden as exc:
+        raise VaultAccessDenied(f"Vault refused to let this service {action}") from exc
+    except hvac.exceptions.VaultDown as exc:
+        raise ServiceUnavailable(f"Vault is sealed; could not {action}") from exc
+    except (requests.RequestException, hvac.exceptions.VaultError) as exc:
+        raise ServiceUnavailable(
+            f"Vault unreachable; could not {action} ({exc.__class__.__name__})"
+        ) from exc

@@ -15,8 +15,12 @@ async def _agent_health(client: AgentClient, timeout: float) -> AgentHealth:
         response = await client.request("GET", "/health", timeout=timeout)
     except ServiceUnavailable as exc:
         return AgentHealth(
-            name=client.name, url=client.base_url, healthy=False, status_code=None,
-            detail=exc.message, dependencies={},
+            name=client.name,
+            url=client.base_url,
+            healthy=False,
+            status_code=None,
+            detail=exc.message,
+            dependencies={},
         )
     try:
         body = response.json()
@@ -27,8 +31,12 @@ async def _agent_health(client: AgentClient, timeout: float) -> AgentHealth:
     healthy = response.status_code == 200
     detail = "ok" if healthy else f"unhealthy: {', '.join(failing) or response.status_code}"
     return AgentHealth(
-        name=client.name, url=client.base_url, healthy=healthy,
-        status_code=response.status_code, detail=detail, dependencies=dependencies,
+        name=client.name,
+        url=client.base_url,
+        healthy=healthy,
+        status_code=response.status_code,
+        detail=detail,
+        dependencies=dependencies,
     )
 
 

@@ -89,9 +89,9 @@ def _ensure_service_identity(
         token_policies=[name],
         token_ttl=f"{settings.vault_token_ttl}s",
         token_max_ttl=f"{settings.vault_token_max_ttl}s",
-        secret_id_ttl="0",
+        secret_id_ttl="0",  # noqa: S106 - a lifetime, not a secret
         secret_id_num_uses=0,
-        token_type="service",
+        token_type="service",  # noqa: S106 - a kind, not a secret
         mount_point=APPROLE_MOUNT,
     )
     role_id = client.auth.approle.read_role_id(name, mount_point=APPROLE_MOUNT)["data"]["role_id"]

@@ -1,15 +1,15 @@
 """`volex`: start, stop and inspect the fleet; manage its secrets.
 
-    volex up [--foreground]      start everything (detached by default)
-    volex down                   stop everything
-    volex status [--json]        health of every service
-    volex logs SERVICE [-f]      a component's log
-    volex token [--rotate]       the operator API token
-    volex secrets set-exchange   store exchange API keys in Vault (read from a prompt/stdin)
-    volex secrets list           exchanges with stored keys (names only)
-    volex start|stop|restart X   control one supervised component
-    volex bootstrap              Vault identities + migrations against external servers
-    volex serve SERVICE          run one service in the foreground (what the supervisor runs)
+volex up [--foreground]      start everything (detached by default)
+volex down                   stop everything
+volex status [--json]        health of every service
+volex logs SERVICE [-f]      a component's log
+volex token [--rotate]       the operator API token
+volex secrets set-exchange   store exchange API keys in Vault (read from a prompt/stdin)
+volex secrets list           exchanges with stored keys (names only)
+volex start|stop|restart X   control one supervised component
+volex bootstrap              Vault identities + migrations against external servers
+volex serve SERVICE          run one service in the foreground (what the supervisor runs)
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from rich.table import Table
 from common.settings import APP_MODULES, SERVICES, Settings
 from volex import status as fleet_status
 from volex.process import pid_alive
+from volex.servers import prepare_home
 from volex.supervisor import control_dir, pid_file, state_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run and inspect VolexSwarm.")
@@ -73,7 +74,7 @@ def _tail(path: Path, lines: int) -> str:
         return f"({path} does not exist)"
 
 
-# --- up / down ------------------------------------------------------------------------------------
+# --- up / down -----------------------------------------------------------------------
 def _wait_until_up(settings: Settings, pid: int) -> list[fleet_status.ServiceStatus]:
     deadline = time.monotonic() + BOOT_TIMEOUT
     last_phase = ""
@@ -102,25 +103,26 @@ def up(
     """Start the embedded servers and all nine services; wait until they are healthy."""
     settings = Settings()
     home = settings.home_dir
-    home.mkdir(parents=True, exist_ok=True)
-    home.chmod(0o700)
     pid = _supervisor_pid(settings)
     if pid is not None:
         err.print(f"already running (supervisor pid {pid})")
     elif foreground:
-        from volex.supervisor import Supervisor
         from common.logging import configure_logging
+        from volex.supervisor import Supervisor
 
+        prepare_home(settings)
         configure_logging("supervisor", settings.log_level)
         raise typer.Exit(Supervisor(settings).run())
     else:
+        prepare_home(settings)
         state_file(settings).unlink(missing_ok=True)
         log = home / "logs" / "supervisor.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "volex.supervisor"],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 env={**os.environ, "VOLEX_HOME": str(home)},
                 start_new_session=True,
             )
@@ -153,15 +155,14 @@ def down() -> None:
     err.print("stopped")
 
 
-# --- status / logs ----------------------------------------------------------------------------------
+# --- status / logs -------------------------------------------------------------------
 def _print_table(settings: Settings, services: list[fleet_status.ServiceStatus]) -> None:
     table = Table(title="VolexSwarm")
     for column in ("service", "url", "swagger", "health", "pid", "restarts"):
         table.add_column(column)
     for s in services:
         health = "[green]healthy[/green]" if s.healthy else f"[red]{s.summary}[/red]"
-        table.add_row(s.name, s.url, s.url + "/docs", health, str(s.pid or "-"),
-                      str(s.restarts))
+        table.add_row(s.name, s.url, s.url + "/docs", health, str(s.pid or "-"), str(s.restarts))
     console.print(table)
 
 
@@ -214,7 +215,7 @@ def logs(
             return
 
 
-# --- control ------------------------------------------------------------------------------------------
+# --- control -------------------------------------------------------------------------
 def _control(component: str, action: str) -> None:
     settings = Settings()
     pid = _supervisor_pid(settings)
@@ -258,7 +259,7 @@ def restart(component: str) -> None:
     _control(component, "restart")
 
 
-# --- tokens and secrets -------------------------------------------------------------------------------
+# --- tokens and secrets --------------------------------------------------------------
 def _admin_vault(settings: Settings) -> Any:
     import hvac
 
@@ -285,14 +286,18 @@ def token(
     try:
         if rotate:
             rotate_api_token(settings, OPERATOR)
-            err.print("rotated; services accept the new token within "
-                      f"{settings.secrets_refresh_interval:.0f}s")
+            err.print(
+                "rotated; services accept the new token within "
+                f"{settings.secrets_refresh_interval:.0f}s"
+            )
         secret = client.secrets.kv.v2.read_secret_version(
             path=api_token_path(OPERATOR), mount_point="secret", raise_on_deleted_version=True
         )
     except (hvac.exceptions.VaultError, requests.RequestException) as exc:
-        raise _fail(f"cannot read the token from Vault ({exc.__class__.__name__}): "
-                    "is the fleet up? (`volex up`)") from exc
+        raise _fail(
+            f"cannot read the token from Vault ({exc.__class__.__name__}): "
+            "is the fleet up? (`volex up`)"
+        ) from exc
     print(secret["data"]["data"]["token"])
 
 
@@ -333,8 +338,10 @@ def set_exchange(
         )
     except (hvac.exceptions.VaultError, requests.RequestException) as exc:
         raise _fail(f"could not write to Vault ({exc.__class__.__name__})") from exc
-    err.print(f"stored credentials for {exchange} at secret/exchanges/{exchange} "
-              f"(fields: {', '.join(secret)})")
+    err.print(
+        f"stored credentials for {exchange} at secret/exchanges/{exchange} "
+        f"(fields: {', '.join(secret)})"
+    )
 
 
 @secrets_app.command("list")
@@ -352,12 +359,13 @@ def list_secrets() -> None:
         err.print("no exchange credentials stored; add some with `volex secrets set-exchange`")
         return
     for name in names:
-        meta = client.secrets.kv.v2.read_secret_metadata(path=f"exchanges/{name}",
-                                                         mount_point="secret")["data"]
+        meta = client.secrets.kv.v2.read_secret_metadata(
+            path=f"exchanges/{name}", mount_point="secret"
+        )["data"]
         print(f"{name}\tupdated {meta['updated_time']}\tversion {meta['current_version']}")
 
 
-# --- external servers and the service entry point -----------------------------------------------------
+# --- external servers and the service entry point ------------------------------------
 @app.command()
 def bootstrap() -> None:
     """Create Vault identities and migrate the database (for external servers)."""
@@ -367,8 +375,10 @@ def bootstrap() -> None:
     settings = Settings()
     report = bootstrap_vault(settings)
     migrations.upgrade(settings.resolved_database_url())
-    err.print("bootstrap done" + (f"; created: {', '.join(report.created)}" if report.created
-                                  else "; nothing to create"))
+    err.print(
+        "bootstrap done"
+        + (f"; created: {', '.join(report.created)}" if report.created else "; nothing to create")
+    )
 
 
 @app.command()

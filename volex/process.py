@@ -90,8 +90,9 @@ class Component:
                     self.after_start()
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"{self.name} was not ready within {self.start_timeout:.0f}s; "
-                           f"see {self.log_file}")
+        raise RuntimeError(
+            f"{self.name} was not ready within {self.start_timeout:.0f}s; see {self.log_file}"
+        )
 
     def exit_code(self) -> int | None:
         return self.process.poll() if self.process is not None else None

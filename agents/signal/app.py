@@ -2,4 +2,6 @@
 
 from common.service import create_service
 
-app = create_service("signal", description="Indicators, strategy signals, ML models and the autonomous decide loop.")
+app = create_service(
+    "signal", description="Indicators, strategy signals, ML models and the autonomous decide loop."
+)

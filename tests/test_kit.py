@@ -1,0 +1,231 @@
+"""The shared kit against the real servers: errors, request ids, metrics, clients,
+Vault renewal, Redis events, the TimescaleDB helper, log redaction."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from common.auth import api_token_path
+from common.clients import Agents
+from common.db import make_time_series
+from common.errors import ServiceUnavailable
+from common.events import EventBus
+from common.logging import JsonFormatter, register_secret
+from common.settings import Settings
+from common.vault import VaultClient
+from tests.conftest import Stack
+from volex.bootstrap import policy_for
+
+
+# --- errors and request ids ----------------------------------------------------------
+def test_unknown_route_and_wrong_method_are_problem_json(stack: Stack) -> None:
+    missing = stack.get("risk", "/no-such-thing")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("application/problem+json")
+    assert "no such endpoint" in missing.json()["detail"]
+    wrong = httpx.post(stack.url("risk") + "/health", timeout=10)
+    assert wrong.status_code == 405 and wrong.json()["title"] == "Method not allowed"
+
+
+def test_request_id_is_kept_returned_and_logged(stack: Stack) -> None:
+    rid = f"test-{time.time_ns()}"
+    response = stack.get("meta", "/agents/health", headers={**stack.auth(), "X-Request-ID": rid})
+    assert response.headers["x-request-id"] == rid
+    log = (stack.home / "logs" / "meta.log").read_text()
+    assert rid in log
+    generated = stack.get("risk", "/info").headers["x-request-id"]
+    assert len(generated) == 32
+    hostile = stack.get("risk", "/info", headers={**stack.auth(), "X-Request-ID": "a b;c"})
+    assert hostile.headers["x-request-id"] != "a b;c"
+
+
+def test_request_id_travels_to_other_agents(stack: Stack) -> None:
+    rid = f"hop-{time.time_ns()}"
+    settings = stack.settings
+    meta_token = stack.admin_vault().secrets.kv.v2.read_secret_version(
+        path=api_token_path("meta"), mount_point="secret", raise_on_deleted_version=True
+    )["data"]["data"]["token"]
+
+    async def call() -> dict[str, object]:
+        from common.logging import request_id_var
+
+        request_id_var.set(rid)
+        async with httpx.AsyncClient(timeout=5) as http:
+            agents = Agents(settings, http, meta_token)
+            info: dict[str, object] = await agents.risk.get("/info")
+            return info
+
+    info = asyncio.run(call())
+    assert info["caller"] == {"kind": "service", "name": "meta"}
+    lines = [
+        json.loads(line)
+        for line in (stack.home / "logs" / "risk.log").read_text().splitlines()
+        if rid in line
+    ]
+    assert lines and all(line["request_id"] == rid for line in lines)
+
+
+def test_client_names_an_unreachable_agent() -> None:
+    settings = Settings(port_base=1, agent_url_template="http://127.0.0.1:9/{name}")
+
+    async def call() -> None:
+        async with httpx.AsyncClient(timeout=1) as http:
+            await Agents(settings, http, "t").risk.get("/info")
+
+    with pytest.raises(ServiceUnavailable, match="risk is unreachable"):
+        asyncio.run(call())
+
+
+def test_client_passes_on_an_agents_4xx(stack: Stack) -> None:
+    async def call() -> None:
+        async with httpx.AsyncClient(timeout=5) as http:
+            await Agents(stack.settings, http, "bad-token").risk.get("/info")
+
+    with pytest.raises(Exception, match="risk: invalid bearer token") as raised:
+        asyncio.run(call())
+    assert getattr(raised.value, "status_code", None) == 401
+
+
+# --- metrics -------------------------------------------------------------------------
+def test_metrics_count_requests_per_route(stack: Stack) -> None:
+    for _ in range(3):
+        stack.get("backtest", "/info")
+    stack.health("backtest")
+    text_ = httpx.get(stack.url("backtest") + "/metrics", timeout=10).text
+    line = next(
+        ln
+        for ln in text_.splitlines()
+        if ln.startswith("volex_http_requests_total")
+        and 'route="/info"' in ln
+        and 'status="200"' in ln
+    )
+    assert float(line.rsplit(" ", 1)[1]) >= 3
+    assert (
+        'volex_http_request_duration_seconds_bucket{le="0.01",method="GET",route="/info"}' in text_
+    )
+    assert 'volex_dependency_up{dependency="database"} 1.0' in text_
+    assert 'volex_service_info{service="backtest",version=' in text_
+    assert "volex_vault_token_ttl_seconds" in text_
+
+
+# --- Vault client --------------------------------------------------------------------
+def _short_lived_role(stack: Stack, tmp_path: Path, ttl: int, max_ttl: int) -> Path:
+    admin = stack.admin_vault()
+    admin.sys.create_or_update_acl_policy(name="volex-test-renewal", policy=policy_for("risk"))
+    admin.auth.approle.create_or_update_approle(
+        role_name="volex-test-renewal",
+        token_policies=["volex-test-renewal"],
+        token_ttl=f"{ttl}s",
+        token_max_ttl=f"{max_ttl}s",
+    )
+    role_id = admin.auth.approle.read_role_id("volex-test-renewal")["data"]["role_id"]
+    secret_id = admin.auth.approle.generate_secret_id("volex-test-renewal")["data"]["secret_id"]
+    path = tmp_path / "role.json"
+    path.write_text(json.dumps({"role_id": role_id, "secret_id": secret_id}))
+    return path
+
+
+def test_vault_token_is_renewed_then_replaced_at_max_ttl(stack: Stack, tmp_path: Path) -> None:
+    role = _short_lived_role(stack, tmp_path, ttl=3, max_ttl=7)
+    client = VaultClient(stack.settings.resolved_vault_addr(), role)
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline:
+        assert client.read(api_token_path("risk"))["token"]
+        time.sleep(0.5)
+    assert client.counters.renewals >= 1
+    assert client.counters.logins >= 2  # max TTL reached: a fresh login, no failed read
+
+
+def test_vault_client_logs_in_again_after_its_token_is_revoked(
+    stack: Stack, tmp_path: Path
+) -> None:
+    role = _short_lived_role(stack, tmp_path, ttl=600, max_ttl=1200)
+    client = VaultClient(stack.settings.resolved_vault_addr(), role)
+    client.read(api_token_path("risk"))
+    stack.admin_vault().auth.token.revoke(client.ensure_token())
+    assert client.read(api_token_path("risk"))["token"]
+    assert client.counters.logins == 2
+
+
+def test_vault_unreachable_gives_a_clear_error_but_cache_serves(
+    stack: Stack, tmp_path: Path
+) -> None:
+    role = _short_lived_role(stack, tmp_path, ttl=600, max_ttl=1200)
+    client = VaultClient(stack.settings.resolved_vault_addr(), role)
+    value = client.read(api_token_path("risk"))
+    client.addr = "http://127.0.0.1:9"
+    client._token = None
+    with pytest.raises(ServiceUnavailable, match="Vault unreachable"):
+        client.read(api_token_path("risk"), fresh=True)
+    assert client.read(api_token_path("risk")) == value
+    status = client.status()
+    assert not status.ok and "unreachable" in status.detail
+
+
+def test_vault_client_without_credentials_file_says_how_to_fix(tmp_path: Path) -> None:
+    client = VaultClient("http://127.0.0.1:9", tmp_path / "missing.json")
+    with pytest.raises(ServiceUnavailable, match="volex up"):
+        client.read("anything", fresh=True)
+
+
+# --- Redis events --------------------------------------------------------------------
+def test_events_round_trip_through_redis(stack: Stack) -> None:
+    async def run() -> dict[str, object]:
+        bus = EventBus(stack.settings.resolved_redis_url())
+        listener = bus.subscribe("test")
+        receive = asyncio.ensure_future(listener.__anext__())
+        for _ in range(50):  # wait until the subscription is in place
+            if await bus.publish("test", {"n": 1}) > 0:
+                break
+            await asyncio.sleep(0.05)
+        event = await asyncio.wait_for(receive, 5)
+        await listener.aclose()
+        await bus.close()
+        return event
+
+    assert asyncio.run(run()) == {"n": 1}
+
+
+# --- database ------------------------------------------------------------------------
+def test_time_series_helper_indexes_a_plain_table_without_timescaledb(stack: Stack) -> None:
+    with stack.engine().begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS ts_probe"))
+        conn.execute(text("CREATE TABLE ts_probe (symbol text, time timestamptz, price numeric)"))
+        made_hypertable = make_time_series(conn, "ts_probe", "time", key_columns=("symbol",))
+        indexes = (
+            conn.execute(text("SELECT indexdef FROM pg_indexes WHERE tablename = 'ts_probe'"))
+            .scalars()
+            .all()
+        )
+        conn.execute(text("DROP TABLE ts_probe"))
+    assert made_hypertable is False  # the embedded PostgreSQL has no TimescaleDB
+    assert any('(symbol, "time" DESC)' in ix for ix in indexes), indexes
+
+
+def test_migrations_are_at_head(stack: Stack) -> None:
+    with stack.engine().connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+
+
+# --- logging -------------------------------------------------------------------------
+def test_registered_secrets_are_redacted_from_log_lines() -> None:
+    register_secret({"api_key": "redact-me-123456", "short": "abc"})
+    formatter = JsonFormatter("test")
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "key is %s", ("redact-me-123456",), None
+    )
+    record.extra_field = "also redact-me-123456 here"
+    line = formatter.format(record)
+    assert "redact-me-123456" not in line
+    entry = json.loads(line)
+    assert entry["msg"] == "key is [redacted]"
+    assert entry["extra_field"] == "also [redacted] here"
+    assert entry["service"] == "test"
