@@ -237,7 +237,9 @@ def _vault_errors(action: str) -> Iterator[None]:
         raise VaultAccessDenied(f"Vault refused to let this service {action}") from exc
     except hvac.exceptions.VaultDown as exc:
         raise ServiceUnavailable(f"Vault is sealed; could not {action}") from exc
-    except (requests.RequestException, hvac.exceptions.VaultError) as exc:
+    except requests.RequestException as exc:
         raise ServiceUnavailable(
             f"Vault unreachable; could not {action} ({exc.__class__.__name__})"
         ) from exc
+    except hvac.exceptions.VaultError as exc:
+        raise ServiceUnavailable(f"Vault could not {action}: {exc.__class__.__name__}") from exc
