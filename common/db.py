@@ -62,7 +62,9 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the commit happens before the response is sent, so a failed commit
+# becomes an error response, never a 2xx for data that was not saved.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def timescaledb_available(conn: Connection) -> bool:

@@ -46,17 +46,27 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        status_sent = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, status_sent
             if message["type"] == "http.response.start":
                 status = message["status"]
+                status_sent = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Handled here rather than by Starlette's outermost handler, so that even a
+            # crash answers with problem+json that carries the request id.
+            errors_log.exception("unhandled error")
+            if status_sent:
+                raise
+            status = 500
+            await _send_problem(send, request_id, scope["path"])
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -73,6 +83,29 @@ class RequestContextMiddleware:
                     "ms": round(elapsed * 1000, 2),
                 },
             )
+
+
+async def _send_problem(send: Send, request_id: str, path: str) -> None:
+    problem = Problem(
+        title="Internal error",
+        status=500,
+        detail=f"the service failed unexpectedly; quote request id {request_id}",
+        instance=path,
+        request_id=request_id,
+    )
+    body = problem.model_dump_json(exclude_none=True).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -130,13 +163,3 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid request"
         return problem_response(request, 422, "Invalid request", detail, errors=errors)
-
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        errors_log.exception("unhandled error")
-        return problem_response(
-            request,
-            500,
-            "Internal error",
-            f"the service failed unexpectedly; quote request id {request_id_var.get()}",
-        )

@@ -126,7 +126,7 @@ def _initdb(settings: Settings, data: Path, user: str | None) -> None:
                 "volex",
                 "--pwfile",
                 str(pwfile),
-                "--auth-local=trust",
+                "--auth-local=scram-sha-256",
                 "--auth-host=scram-sha-256",
                 "-E",
                 "UTF8",
@@ -205,6 +205,9 @@ def postgres_component(settings: Settings) -> Component:
             "max_connections=300",
             "-c",
             "logging_collector=off",
+            # Only PostgreSQL's own account may use the socket; we connect over TCP.
+            "-c",
+            "unix_socket_permissions=0700",
         ],
         log_file=settings.home_dir / "logs" / "postgres.log",
         ready=ready,

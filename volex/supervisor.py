@@ -44,6 +44,7 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0  # a process that ran this long has its backoff reset
 TICK = 0.2
+ADMIN_ONLY_ENV = frozenset({"VAULT_TOKEN", "VOLEX_VAULT_TOKEN"})
 
 
 def run_dir(settings: Settings) -> Path:
@@ -64,7 +65,9 @@ def control_dir(settings: Settings) -> Path:
 
 def service_component(settings: Settings, name: str) -> Component:
     port = settings.port_of(name)
-    env = {**os.environ, "VOLEX_HOME": str(settings.home_dir)}
+    # Services never see the Vault admin token: they log in with their own AppRole.
+    env = {k: v for k, v in os.environ.items() if k not in ADMIN_ONLY_ENV}
+    env["VOLEX_HOME"] = str(settings.home_dir)
     url = f"http://127.0.0.1:{port}/health"
 
     def alive() -> bool:
