@@ -36,6 +36,10 @@ def test_fleet_runs_on_external_servers(stack: Stack, tmp_path: Path) -> None:
         # Same Vault: the operator token is the one the embedded fleet uses.
         assert external.volex("token").stdout.strip() == stack.volex("token").stdout.strip()
         assert external.get("execution", "/info", headers=stack.auth()).status_code == 200
+        # The admin token given to `volex up` never reaches a service process.
+        admin = s.admin_vault_token().encode()
+        for component in state["components"].values():
+            assert admin not in Path(f"/proc/{component['pid']}/environ").read_bytes()
     finally:
         external.volex("down", check=False)
     assert stack.all_healthy()
