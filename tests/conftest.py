@@ -25,11 +25,13 @@ from sqlalchemy import Engine, create_engine
 
 from common.settings import SERVICES, Settings
 
+# VOLEX_TEST_PORT_OFFSET lets two test sessions run side by side (e.g. in two worktrees).
+PORT_OFFSET = int(os.environ.get("VOLEX_TEST_PORT_OFFSET", "0"))
 TEST_ENV = {
-    "VOLEX_PORT_BASE": "18100",
-    "VOLEX_PG_PORT": "15439",
-    "VOLEX_REDIS_PORT": "16399",
-    "VOLEX_VAULT_PORT": "18300",
+    "VOLEX_PORT_BASE": str(18100 + PORT_OFFSET),
+    "VOLEX_PG_PORT": str(15439 + PORT_OFFSET),
+    "VOLEX_REDIS_PORT": str(16399 + PORT_OFFSET),
+    "VOLEX_VAULT_PORT": str(18300 + PORT_OFFSET),
     # Quick token pick-up so rotation and outage tests do not wait 30 s.
     "VOLEX_SECRETS_REFRESH_INTERVAL": "2",
 }

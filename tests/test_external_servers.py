@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from common.settings import SERVICES
-from tests.conftest import Stack, clean_env
+from tests.conftest import PORT_OFFSET, Stack, clean_env
 
 
 def test_fleet_runs_on_external_servers(stack: Stack, tmp_path: Path) -> None:
@@ -15,11 +15,11 @@ def test_fleet_runs_on_external_servers(stack: Stack, tmp_path: Path) -> None:
     env = clean_env(
         {
             "VOLEX_HOME": str(home),
-            "VOLEX_PORT_BASE": "18400",
+            "VOLEX_PORT_BASE": str(18400 + PORT_OFFSET),
             # Ports of embedded servers that must NOT be started: pick free ones to prove it.
-            "VOLEX_PG_PORT": "15499",
-            "VOLEX_REDIS_PORT": "16499",
-            "VOLEX_VAULT_PORT": "18498",
+            "VOLEX_PG_PORT": str(15499 + PORT_OFFSET),
+            "VOLEX_REDIS_PORT": str(16499 + PORT_OFFSET),
+            "VOLEX_VAULT_PORT": str(18498 + PORT_OFFSET),
             "DATABASE_URL": s.resolved_database_url(),
             "REDIS_URL": s.resolved_redis_url(),
             "VAULT_ADDR": s.resolved_vault_addr(),

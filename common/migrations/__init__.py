@@ -18,5 +18,13 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "heads") -> None:
+    """Apply every migration. Each agent's tables are a branch off the base revision
+    (`branch_labels=(agent,)`), so agents' histories do not step on each other."""
     command.upgrade(alembic_config(url), revision)
+
+
+def heads() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return set(ScriptDirectory.from_config(alembic_config("postgresql://")).get_heads())

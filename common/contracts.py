@@ -1,0 +1,170 @@
+"""What execution, risk and compliance say to each other over HTTP.
+
+Both sides of each call import these models, so a field renamed on one side
+breaks the other at import time, not at 3 a.m. in production. Money is Decimal.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from common.money import NonNegative, Positive, Signed
+
+SYMBOL_PATTERN = r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$"
+EXCHANGE_PATTERN = r"^[a-z0-9][a-z0-9_]{0,63}$"
+TRADING_STATE_CHANNEL = "trading-state"  # Redis channel (common.events adds the prefix)
+
+
+class OrderSide(StrEnum):
+    buy = "buy"
+    sell = "sell"
+
+
+class OrderType(StrEnum):
+    market = "market"
+    limit = "limit"
+    stop_loss = "stop_loss"
+    take_profit = "take_profit"
+
+
+class TradingState(StrEnum):
+    """ACTIVE: trade. REDUCING: only orders that shrink a position. HALTED: nothing new."""
+
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+
+# --- trading state (owned by risk) -----------------------------------------------------
+class TradingStateView(BaseModel):
+    state: TradingState
+    reason: str
+    changed_by: str
+    changed_at: datetime
+    flatten: bool = False
+
+
+# --- pre-trade check: execution -> risk ------------------------------------------------
+class MarketRules(BaseModel):
+    """An exchange's rules for one symbol (CCXT's market precision and limits)."""
+
+    amount_step: Positive
+    price_step: Positive
+    min_amount: NonNegative = Decimal(0)
+    min_notional: NonNegative = Decimal(0)
+
+
+class PositionView(BaseModel):
+    exchange: str
+    symbol: str
+    amount: Signed  # > 0 long, < 0 short
+    entry_price: NonNegative
+    mark_price: NonNegative
+    stop_loss: Positive | None = None
+
+
+class PortfolioView(BaseModel):
+    """Execution's picture of the account, sent with every check (risk keeps no ledger)."""
+
+    equity: NonNegative  # in the quote currency
+    cash: NonNegative
+    positions: list[PositionView] = Field(default_factory=list)
+    realized_pnl_today: Signed = Decimal(0)
+
+
+class PreTradeRequest(BaseModel):
+    client_order_id: str = Field(min_length=1, max_length=64)
+    exchange: str = Field(pattern=EXCHANGE_PATTERN)
+    symbol: str = Field(pattern=SYMBOL_PATTERN)
+    side: OrderSide
+    type: OrderType
+    amount: Positive
+    price: Positive | None = None  # limit price, or stop trigger for stop orders
+    reduce_only: bool = False
+    stop_loss: Positive | None = None
+    reference_price: Positive | None = None  # a fresh mid price; None if unavailable
+    reference_age_ms: int | None = Field(default=None, ge=0)
+    market: MarketRules
+    portfolio: PortfolioView
+
+
+class CheckResult(BaseModel):
+    rule: str
+    passed: bool
+    detail: str  # names the numbers: "notional 12000 > max_order_notional 10000"
+
+
+class CheckDecision(BaseModel):
+    approved: bool
+    checks: list[CheckResult]
+    state: TradingState | None = None
+
+    @property
+    def rejections(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.passed]
+
+
+# --- policy check: execution -> compliance ------------------------------------------------
+class RestingOrder(BaseModel):
+    side: OrderSide
+    price: Positive
+    amount: Positive
+
+
+class PolicyRequest(BaseModel):
+    client_order_id: str = Field(min_length=1, max_length=64)
+    exchange: str = Field(pattern=EXCHANGE_PATTERN)
+    symbol: str = Field(pattern=SYMBOL_PATTERN)
+    side: OrderSide
+    type: OrderType
+    amount: Positive
+    price: Positive | None = None
+    reference_price: Positive | None = None
+    resting_orders: list[RestingOrder] = Field(default_factory=list)  # ours, same symbol
+    requested_by: str
+
+
+# --- audit events: any agent -> compliance ---------------------------------------------------
+class AuditEventIn(BaseModel):
+    """One fact for the append-only audit log."""
+
+    kind: str = Field(pattern=r"^[a-z_]+\.[a-z_]+$")  # e.g. order.requested, risk.halted
+    actor: str = Field(min_length=1, max_length=64)  # operator or a service name
+    subject: str | None = Field(default=None, max_length=128)  # e.g. a client order id
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class FillEvent(BaseModel):
+    """The `data` of an `order.filled` audit event: what the trade reports are built from."""
+
+    fill_id: str
+    client_order_id: str
+    exchange: str
+    symbol: str = Field(pattern=SYMBOL_PATTERN)
+    side: OrderSide
+    amount: Positive
+    price: Positive
+    fee: NonNegative
+    fee_currency: str
+    filled_at: datetime
+
+
+# --- kill switch: risk -> execution ------------------------------------------------------------
+class ApplyTradingState(BaseModel):
+    """Risk tells execution the new state; on HALTED execution cancels every open order
+    and, with `flatten`, closes every position at market."""
+
+    state: TradingState
+    reason: str
+    flatten: bool = False
+
+
+class ApplyTradingStateResult(BaseModel):
+    cancelled_orders: int
+    closed_positions: int
+    errors: list[str] = Field(default_factory=list)
