@@ -21,6 +21,7 @@ from common.errors import ServiceUnavailable, Unauthorized
 
 TOKEN_DIGESTS_PATH = "volex/api-token-digests"  # noqa: S105 - a path, not a secret
 OPERATOR = "operator"
+TOKENS_ROTATED_CHANNEL = "tokens-rotated"  # `volex token --rotate` announces itself here
 
 
 def api_token_path(identity: str) -> str:

@@ -61,6 +61,11 @@ class AgentClient:
         detail = _problem_detail(response)
         if response.status_code == 503:
             raise ServiceUnavailable(f"{self.name}: {detail}")
+        if response.status_code in (401, 403):
+            # About *our* credentials, not the end caller's: never pass it on as theirs.
+            raise UpstreamError(
+                f"{self.name} refused this service's credentials ({response.status_code}): {detail}"
+            )
         if 400 <= response.status_code < 500:
             raise VolexError(f"{self.name}: {detail}", status_code=response.status_code)
         raise UpstreamError(f"{self.name} failed ({response.status_code}): {detail}")

@@ -12,10 +12,16 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Connection, Engine, create_engine, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
-from common.errors import ServiceUnavailable
+from common.errors import Conflict, ServiceUnavailable, VolexError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +34,17 @@ def make_engine(url: str, *, connect_timeout: int = 3, pool_size: int = 5) -> En
         pool_size=pool_size,
         max_overflow=10,
         pool_recycle=1800,
-        connect_args={"connect_timeout": connect_timeout, "application_name": "volexswarm"},
+        pool_timeout=5,
+        connect_args={
+            "connect_timeout": connect_timeout,
+            "application_name": "volexswarm",
+            # A silent network drop must fail a query, not hang it forever.
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 2,
+            "tcp_user_timeout": 10_000,
+        },
     )
 
 
@@ -53,8 +69,7 @@ def get_session(request: Request) -> Iterator[Session]:
         session.commit()
     except SQLAlchemyError as exc:
         session.rollback()
-        log.warning("database error: %s", exc.__class__.__name__)
-        raise ServiceUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+        raise database_error(exc) from exc
     except BaseException:
         session.rollback()
         raise
@@ -64,6 +79,17 @@ def get_session(request: Request) -> Iterator[Session]:
 
 # scope="function": the commit happens before the response is sent, so a failed commit
 # becomes an error response, never a 2xx for data that was not saved.
+def database_error(exc: SQLAlchemyError) -> VolexError:
+    """What a caller should hear: an outage is a 503, a conflict a 409, a bug a 500."""
+    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError):
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        return ServiceUnavailable(f"database unavailable ({exc.__class__.__name__})")
+    if isinstance(exc, IntegrityError):
+        return Conflict(f"conflicts with stored data: {str(exc.orig).splitlines()[0][:200]}")
+    log.error("database error", exc_info=exc)
+    return VolexError("internal database error; see the service log")
+
+
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 

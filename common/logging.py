@@ -67,7 +67,21 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str))
+        # Redact before encoding: JSON escaping (quotes, backslashes, non-ASCII) would
+        # otherwise hide a secret from a search of the encoded line.
+        return json.dumps(_redact_values(entry), default=str)
+
+
+def _redact_values(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redact_values(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_values(item) for item in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact(str(value))
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:

@@ -10,10 +10,11 @@ Vault client, Redis and the shared httpx client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from common import __version__
 from common.auth import (
     OPERATOR,
     TOKEN_DIGESTS_PATH,
+    TOKENS_ROTATED_CHANNEL,
     Authenticator,
     CallerDep,
     api_token_path,
@@ -56,6 +58,7 @@ PUBLIC_PATHS = frozenset({"/health", "/metrics", "/docs", "/openapi.json"})
 DOCS_STATIC = "/docs-static"
 
 ServiceLifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+HealthCheck = Callable[[], Awaitable[tuple[bool, str]]]
 
 
 @dataclass
@@ -75,6 +78,10 @@ class Kit:
     http: httpx.AsyncClient | None = None
     agents: Agents | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    # A service's own readiness checks, reported in /health beside the dependencies.
+    checks: dict[str, HealthCheck] = field(default_factory=dict)
+    probes: dict[str, asyncio.Future[tuple[bool, str]]] = field(default_factory=dict)
+    identity_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def get_kit(request: Request) -> Kit:
@@ -121,20 +128,40 @@ def _load_identity(kit: Kit) -> None:
 
 
 async def _keep_identity(kit: Kit) -> None:
-    """Renew the Vault token and re-read the tokens, so rotation needs no restart."""
+    """Renew the Vault token and re-read the tokens, so rotation needs no restart.
+
+    Wakes on its interval, or at once when `volex token --rotate` announces a rotation.
+    """
     assert kit.vault is not None
     last_error: str | None = None
     while True:
-        await asyncio.sleep(_upkeep_delay(kit))
+        kit.identity_changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(kit.identity_changed.wait(), _upkeep_delay(kit))
         try:
             await asyncio.to_thread(_load_identity, kit)
             last_error = None
-        except ServiceUnavailable as exc:
-            if exc.message != last_error:
-                log.warning("vault upkeep failed", extra={"reason": exc.message})
-            last_error = exc.message
+        except Exception as exc:  # this loop must never die: log once per distinct error
+            message = exc.message if isinstance(exc, ServiceUnavailable) else repr(exc)
+            if message != last_error:
+                log.warning(
+                    "vault upkeep failed",
+                    extra={"reason": message},
+                    exc_info=not isinstance(exc, ServiceUnavailable),
+                )
+            last_error = message
             if not kit.authenticator.ready:
-                kit.authenticator.unavailable_reason = exc.message
+                kit.authenticator.unavailable_reason = message
+
+
+async def _watch_rotations(kit: Kit) -> None:
+    assert kit.events is not None
+    while True:
+        try:
+            async for _ in kit.events.subscribe(TOKENS_ROTATED_CHANNEL):
+                kit.identity_changed.set()
+        except Exception:  # Redis away: the periodic refresh still picks rotations up
+            await asyncio.sleep(5.0)
 
 
 def _upkeep_delay(kit: Kit) -> float:
@@ -190,6 +217,8 @@ def _make_lifespan(
             kit.authenticator.unavailable_reason = exc.message
             log.warning("starting without Vault", extra={"reason": exc.message})
         kit.background.append(asyncio.create_task(_keep_identity(kit)))
+        if kit.events is not None:
+            kit.background.append(asyncio.create_task(_watch_rotations(kit)))
         log.info("service started", extra={"port": kit.settings.port_of(kit.name)})
         try:
             if service_lifespan is None:
@@ -219,24 +248,37 @@ class Health(BaseModel):
     dependencies: dict[str, DependencyHealth]
 
 
-async def _check(kit: Kit, dependency: str) -> DependencyHealth:
-    started = time.perf_counter()
+async def _probe(kit: Kit, dependency: str) -> tuple[bool, str]:
     timeout = kit.settings.health_timeout
     try:
         if dependency == "database":
             assert kit.engine is not None
-            await asyncio.wait_for(asyncio.to_thread(check_database, kit.engine), timeout)
-            ok, detail = True, "ok"
-        elif dependency == "redis":
+            await asyncio.to_thread(check_database, kit.engine)
+            return True, "ok"
+        if dependency == "redis":
             assert kit.events is not None
             await asyncio.wait_for(kit.events.ping(), timeout)
-            ok, detail = True, "ok"
-        else:
-            ok, detail = await asyncio.wait_for(_check_vault(kit), timeout * 2)
+            return True, "ok"
+        if dependency in kit.checks:
+            return await kit.checks[dependency]()
+        return await _check_vault(kit)
+    except Exception as exc:  # any failure of a dependency is reported, not raised
+        return False, f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:160]}"
+
+
+async def _check(kit: Kit, dependency: str) -> DependencyHealth:
+    """One probe in flight per dependency: a hung database does not pile up threads,
+    later /health calls wait on the same probe (up to the timeout) instead."""
+    started = time.perf_counter()
+    timeout = kit.settings.health_timeout * (2 if dependency == "vault" else 1)
+    task = kit.probes.get(dependency)
+    if task is None or task.done():
+        task = asyncio.ensure_future(_probe(kit, dependency))
+        kit.probes[dependency] = task
+    try:
+        ok, detail = await asyncio.wait_for(asyncio.shield(task), timeout)
     except TimeoutError:
         ok, detail = False, f"no answer within {timeout}s"
-    except Exception as exc:  # any failure of a dependency is reported, not raised
-        ok, detail = False, f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:160]}"
     kit.metrics.dependency_up.labels(dependency).set(1 if ok else 0)
     return DependencyHealth(
         ok=ok, detail=detail, latency_ms=round((time.perf_counter() - started) * 1000, 2)
@@ -266,8 +308,9 @@ def _kit_router(kit: Kit) -> tuple[APIRouter, APIRouter]:
     )
     async def health() -> JSONResponse:
         """Liveness and the state of each of this service's dependencies."""
-        checks = await asyncio.gather(*(_check(kit, dep) for dep in kit.dependencies))
-        dependencies = dict(zip(kit.dependencies, checks, strict=True))
+        names = [*kit.dependencies, *kit.checks]
+        checks = await asyncio.gather(*(_check(kit, name) for name in names))
+        dependencies = dict(zip(names, checks, strict=True))
         ok = all(check.ok for check in checks)
         body = Health(
             service=kit.name,

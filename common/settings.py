@@ -90,7 +90,9 @@ class Settings(BaseSettings):
     vault_token_ttl: int = Field(default=3600, ge=5, description="AppRole token TTL, seconds")
     vault_token_max_ttl: int = Field(default=86400, ge=5)
     vault_timeout: float = Field(default=3.0, gt=0)
-    secrets_refresh_interval: float = Field(default=30.0, gt=0)
+    secrets_refresh_interval: float = Field(
+        default=300.0, gt=0, description="re-read tokens from Vault this often (seconds)"
+    )
 
     # Agent-to-agent calls.
     http_timeout: float = Field(default=5.0, gt=0)

@@ -39,6 +39,14 @@ TEST_ENV = {
 _FOREIGN = ("DATABASE_URL", "REDIS_URL", "VAULT_ADDR", "VAULT_TOKEN")
 
 
+# The tests run their own fleet: a developer's exported settings (say, an external
+# DATABASE_URL from the README) must never point them at real servers.
+for _name in [n for n in os.environ if n.startswith("VOLEX_") and n != "VOLEX_TEST_PORT_OFFSET"]:
+    os.environ.pop(_name)
+for _name in _FOREIGN:
+    os.environ.pop(_name, None)
+
+
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOLEX_") and k not in _FOREIGN}
     env.update(TEST_ENV)
@@ -63,6 +71,10 @@ class Stack:
                 "pg_port": int(self.env["VOLEX_PG_PORT"]),
                 "redis_port": int(self.env["VOLEX_REDIS_PORT"]),
                 "vault_port": int(self.env["VOLEX_VAULT_PORT"]),
+                "database_url": self.env.get("DATABASE_URL"),
+                "redis_url": self.env.get("REDIS_URL"),
+                "vault_addr": self.env.get("VAULT_ADDR"),
+                "vault_token": self.env.get("VAULT_TOKEN"),
             }
         )
 

@@ -16,7 +16,7 @@ from sqlalchemy import text
 from common.auth import api_token_path
 from common.clients import Agents
 from common.db import make_time_series
-from common.errors import ServiceUnavailable
+from common.errors import ServiceUnavailable, UpstreamError, VolexError
 from common.events import EventBus
 from common.logging import JsonFormatter, register_secret
 from common.settings import Settings
@@ -39,8 +39,9 @@ def test_request_id_is_kept_returned_and_logged(stack: Stack) -> None:
     rid = f"test-{time.time_ns()}"
     response = stack.get("meta", "/agents/health", headers={**stack.auth(), "X-Request-ID": rid})
     assert response.headers["x-request-id"] == rid
-    log = (stack.home / "logs" / "meta.log").read_text()
-    assert rid in log
+    log = stack.home / "logs" / "meta.log"
+    # The access line is written as the response finishes: give it a moment.
+    stack.wait_for(lambda: rid in log.read_text(), timeout=10, what="the request id in meta's log")
     generated = stack.get("risk", "/info").headers["x-request-id"]
     assert len(generated) == 32
     hostile = stack.get("risk", "/info", headers={**stack.auth(), "X-Request-ID": "a b;c"})
@@ -65,6 +66,8 @@ def test_request_id_travels_to_other_agents(stack: Stack) -> None:
 
     info = asyncio.run(call())
     assert info["caller"] == {"kind": "service", "name": "meta"}
+    log = stack.home / "logs" / "risk.log"
+    stack.wait_for(lambda: rid in log.read_text(), timeout=10, what="the request id in risk's log")
     lines = [
         json.loads(line)
         for line in (stack.home / "logs" / "risk.log").read_text().splitlines()
@@ -84,14 +87,26 @@ def test_client_names_an_unreachable_agent() -> None:
         asyncio.run(call())
 
 
-def test_client_passes_on_an_agents_4xx(stack: Stack) -> None:
+def test_client_reports_its_own_refused_credentials_as_upstream_error(stack: Stack) -> None:
     async def call() -> None:
         async with httpx.AsyncClient(timeout=5) as http:
             await Agents(stack.settings, http, "bad-token").risk.get("/info")
 
-    with pytest.raises(Exception, match="risk: invalid bearer token") as raised:
+    # A peer refusing *our* token is not the end caller's 401: it must not look like one.
+    with pytest.raises(UpstreamError, match="risk refused this service's credentials") as raised:
         asyncio.run(call())
-    assert getattr(raised.value, "status_code", None) == 401
+    assert raised.value.status_code == 502
+
+
+def test_client_passes_on_a_peers_4xx_about_the_input(stack: Stack) -> None:
+    async def call() -> None:
+        async with httpx.AsyncClient(timeout=5) as http:
+            token = stack.token
+            await Agents(stack.settings, http, token).risk.get("/no-such-endpoint")
+
+    with pytest.raises(VolexError, match="risk: no such endpoint") as raised:
+        asyncio.run(call())
+    assert raised.value.status_code == 404
 
 
 # --- metrics -------------------------------------------------------------------------
@@ -232,3 +247,12 @@ def test_registered_secrets_are_redacted_from_log_lines() -> None:
     assert entry["msg"] == "key is [redacted]"
     assert entry["extra_field"] == "also [redacted] here"
     assert entry["service"] == "test"
+
+
+def test_secrets_needing_json_escapes_are_redacted_too() -> None:
+    secret = 'pa"ss\\wörd-123'
+    register_secret(secret)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "got %s", (secret,), None)
+    line = JsonFormatter("test").format(record)
+    assert secret not in json.loads(line)["msg"]
+    assert json.dumps(secret)[1:-1] not in line

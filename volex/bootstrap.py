@@ -14,6 +14,7 @@ import hvac
 import hvac.exceptions
 
 from common.auth import OPERATOR, TOKEN_DIGESTS_PATH, api_token_path, digest, new_token
+from common.logging import register_secret
 from common.settings import SERVICES, Settings
 from volex.servers import write_private
 
@@ -98,6 +99,7 @@ def _ensure_service_identity(
     path = settings.approle_file(service)
     if path.exists():
         saved = json.loads(path.read_text())
+        register_secret(saved.get("secret_id"))
         if saved.get("role_id") == role_id and _approle_login_works(
             client, role_id, saved.get("secret_id", "")
         ):
@@ -105,6 +107,7 @@ def _ensure_service_identity(
     secret_id = client.auth.approle.generate_secret_id(name, mount_point=APPROLE_MOUNT)["data"][
         "secret_id"
     ]
+    register_secret(secret_id)
     write_private(path, json.dumps({"role": name, "role_id": role_id, "secret_id": secret_id}))
     report.note(f"AppRole credentials for {service}")
 
@@ -130,6 +133,7 @@ def _ensure_api_tokens(client: hvac.Client, report: BootstrapReport) -> None:
                 path=api_token_path(identity), secret=stored, mount_point=KV_MOUNT
             )
             report.note(f"API token for {identity}")
+        register_secret(stored["token"])
         digests[identity] = digest(stored["token"])
     if _read(client, TOKEN_DIGESTS_PATH) != digests:
         client.secrets.kv.v2.create_or_update_secret(

@@ -34,7 +34,7 @@ from common.settings import APP_MODULES, SERVICES, Settings
 from volex import status as fleet_status
 from volex.process import pid_alive
 from volex.servers import prepare_home
-from volex.supervisor import control_dir, pid_file, state_file
+from volex.supervisor import control_dir, state_file, supervisor_running
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Run and inspect VolexSwarm.")
 secrets_app = typer.Typer(no_args_is_help=True, help="Exchange credentials in Vault.")
@@ -52,11 +52,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _supervisor_pid(settings: Settings) -> int | None:
-    try:
-        pid = int(pid_file(settings).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    return pid if pid_alive(pid) else None
+    return supervisor_running(settings) if settings.home_dir.exists() else None
 
 
 def _read_state(settings: Settings) -> dict[str, Any]:
@@ -227,7 +223,9 @@ def _control(component: str, action: str) -> None:
         raise _fail(f"unknown component {component!r}; supervised: {names}", 2)
     before = state["components"][component]
     request = control_dir(settings) / f"{time.time_ns()}-{uuid.uuid4().hex[:6]}.json"
-    request.write_text(json.dumps({"component": component, "action": action}))
+    staging = request.with_suffix(".tmp")  # the supervisor reads only complete *.json files
+    staging.write_text(json.dumps({"component": component, "action": action}))
+    staging.replace(request)
     os.kill(pid, signal.SIGHUP)
     want = "stopped" if action == "stop" else "running"
     deadline = time.monotonic() + 60
@@ -286,10 +284,13 @@ def token(
     try:
         if rotate:
             rotate_api_token(settings, OPERATOR)
-            err.print(
-                "rotated; services accept the new token within "
-                f"{settings.secrets_refresh_interval:.0f}s"
-            )
+            if _announce_rotation(settings):
+                err.print("rotated; the services have been told and switch within seconds")
+            else:
+                err.print(
+                    "rotated; Redis is unreachable, so services switch at their next refresh "
+                    f"(within {settings.secrets_refresh_interval:.0f}s)"
+                )
         secret = client.secrets.kv.v2.read_secret_version(
             path=api_token_path(OPERATOR), mount_point="secret", raise_on_deleted_version=True
         )
@@ -299,6 +300,20 @@ def token(
             "is the fleet up? (`volex up`)"
         ) from exc
     print(secret["data"]["data"]["token"])
+
+
+def _announce_rotation(settings: Settings) -> bool:
+    import redis
+
+    from common.auth import TOKENS_ROTATED_CHANNEL
+    from common.events import CHANNEL_PREFIX
+
+    try:
+        client = redis.Redis.from_url(settings.resolved_redis_url(), socket_timeout=2)
+        client.publish(CHANNEL_PREFIX + TOKENS_ROTATED_CHANNEL, "{}")
+    except (redis.RedisError, RuntimeError):
+        return False
+    return True
 
 
 def _read_credential(label: str) -> str:

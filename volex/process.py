@@ -73,6 +73,9 @@ class Component:
                 **as_user(self.user),
                 preexec_fn=_die_with_parent,  # the supervisor is single-threaded
                 close_fds=True,
+                # Own process group: a Ctrl-C aimed at the supervisor does not reach the
+                # children, which it stops itself, services first and servers last.
+                process_group=0,
             )
         self.started_at = time.time()
         log.info("started", extra={"component": self.name, "pid": self.process.pid})

@@ -35,11 +35,18 @@ PG_SYSTEM_USER = "embedded_postgres"  # PostgreSQL refuses to run as root
 def write_private(path: Path, text: str) -> None:
     """Write a file only its owner can read, atomically (no window with wider permissions)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
 
 
 def prepare_home(settings: Settings) -> None:
@@ -271,12 +278,19 @@ def _vault_health(settings: Settings) -> dict[str, object] | None:
 def init_and_unseal(settings: Settings) -> None:
     """Initialise the embedded OpenBao once (1 key share) and unseal it from the key file."""
     client = hvac.Client(url=settings.resolved_vault_addr(), timeout=10)
-    health = _vault_health(settings) or {}
-    if not health.get("initialized"):
+    health = _vault_health(settings)
+    deadline = time.monotonic() + 30
+    while health is None and time.monotonic() < deadline:  # slow to answer is not "empty"
+        time.sleep(0.2)
+        health = _vault_health(settings)
+    if health is None:
+        raise RuntimeError("OpenBao does not answer its health endpoint; see logs/vault.log")
+    if health.get("initialized") is False:
         if settings.vault_init_file.exists():
             raise RuntimeError(
-                f"OpenBao says it is not initialised but {settings.vault_init_file} exists: "
-                "the Vault data directory was replaced; restore it or move the key file away"
+                f"OpenBao reports it is not initialised, yet {settings.vault_init_file} exists: "
+                "its data directory (vault/data) is not the one this key belongs to. Keep the "
+                "key file safe and restore the matching data directory."
             )
         log.info("initialising OpenBao")
         result = client.sys.initialize(secret_shares=1, secret_threshold=1)

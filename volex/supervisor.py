@@ -11,6 +11,7 @@ recorded in the `supervisor_events` table.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -55,6 +56,38 @@ def pid_file(settings: Settings) -> Path:
     return run_dir(settings) / "supervisor.pid"
 
 
+def lock_file(settings: Settings) -> Path:
+    return run_dir(settings) / "supervisor.lock"
+
+
+def acquire_lock(settings: Settings) -> int | None:
+    """Hold the home's supervisor lock for this process's life; None if another holds it.
+
+    The kernel drops the lock when the holder dies, so a crash leaves nothing stale.
+    """
+    fd = os.open(lock_file(settings), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def supervisor_running(settings: Settings) -> int | None:
+    """The pid of the live supervisor for this home, judged by its lock (not a pid file)."""
+    if not lock_file(settings).exists():
+        return None
+    fd = acquire_lock(settings)
+    if fd is not None:
+        os.close(fd)
+        return None
+    try:
+        return int(pid_file(settings).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def state_file(settings: Settings) -> Path:
     return run_dir(settings) / "state.json"
 
@@ -89,6 +122,10 @@ def service_component(settings: Settings, name: str) -> Component:
     )
 
 
+class BootAborted(Exception):
+    """`volex down` arrived while the fleet was still starting."""
+
+
 class _Slot:
     """Supervision state for one component."""
 
@@ -99,6 +136,7 @@ class _Slot:
         self.backoff = BACKOFF_FIRST
         self.restart_at: float | None = None
         self.last_exit: int | None = None
+        self.operator_start = False  # the next start was asked for, not a crash recovery
 
     def state(self) -> str:
         if self.component.running():
@@ -190,18 +228,27 @@ class Supervisor:
         slot.restart_at = None
         self.write_state()
 
+    def _check_stop(self) -> None:
+        if self.stopping:
+            raise BootAborted("stop requested during start-up")
+
     def boot(self) -> None:
         settings = self.settings
         prepare_home(settings)
         if settings.embedded_postgres:
             self._start(postgres_component(settings), wait=True)
             register_secret(settings.postgres_password_file.read_text().strip())
+            self._check_stop()
         if settings.embedded_vault:
             self._start(vault_component(settings), wait=True)
+            self._check_stop()
         if settings.embedded_redis:
             self._start(redis_component(settings), wait=True)
             register_secret(settings.redis_password_file.read_text().strip())
+            self._check_stop()
+        register_secret(settings.admin_vault_token())
         bootstrap_vault(settings)
+        self._check_stop()
         url = settings.resolved_database_url()
         migrations.upgrade(url)
         configure_logging("supervisor", settings.log_level)  # alembic may have touched logging
@@ -209,6 +256,7 @@ class Supervisor:
             url, poolclass=pool.NullPool, connect_args={"connect_timeout": 2}
         )
         self.flush_events()
+        self._check_stop()
         for name in SERVICES:
             self._start(service_component(settings, name), wait=False)
         self.phase = "running"
@@ -235,16 +283,24 @@ class Supervisor:
 
     def _restart(self, slot: _Slot) -> None:
         component = slot.component
+        by_operator = slot.operator_start
+        slot.operator_start = False
         try:
             component.start()
-            slot.restarts += 1
-            self.record(
-                component.name, "restarted", pid=component.pid, detail=f"restart #{slot.restarts}"
-            )
+            if by_operator:
+                self.record(component.name, "started", pid=component.pid, detail="by operator")
+            else:
+                slot.restarts += 1
+                self.record(
+                    component.name,
+                    "restarted",
+                    pid=component.pid,
+                    detail=f"restart #{slot.restarts}",
+                )
             if component.kind == "server":
                 component.wait_ready()
             slot.restart_at = None
-        except RuntimeError as exc:
+        except Exception as exc:  # one bad restart must never take the fleet down
             self.record(component.name, "failed", detail=str(exc))
             if component.running():
                 component.signal_stop()
@@ -287,7 +343,10 @@ class Supervisor:
             if slot is None or action not in ("stop", "start", "restart"):
                 log.warning("ignored control request", extra={"request": request})
                 continue
-            self._control(slot, action)
+            try:
+                self._control(slot, action)
+            except Exception:  # a failed stop/start is logged; supervision goes on
+                log.exception("control request failed", extra={"request": request})
 
     def _control(self, slot: _Slot, action: str) -> None:
         component = slot.component
@@ -300,6 +359,7 @@ class Supervisor:
             )
             component.process = None
         slot.wanted = action != "stop"
+        slot.operator_start = slot.wanted
         slot.backoff = BACKOFF_FIRST
         slot.restart_at = time.monotonic() if slot.wanted else None
 
@@ -336,6 +396,10 @@ class Supervisor:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, control)
         control_dir(self.settings).mkdir(parents=True, exist_ok=True)
+        lock = acquire_lock(self.settings)
+        if lock is None:
+            log.error("another supervisor already runs for this VOLEX_HOME; exiting")
+            return 2
         write_private(pid_file(self.settings), f"{os.getpid()}\n")
         code = 0
         try:
@@ -343,6 +407,8 @@ class Supervisor:
             while not self.stopping:
                 self.tick()
                 time.sleep(TICK)
+        except BootAborted:
+            log.info("start-up aborted: stopping")
         except Exception as exc:
             self.phase = "failed"
             self.error = str(exc)
@@ -356,6 +422,7 @@ class Supervisor:
                 self.phase, self.error = "failed", error
                 self.write_state()
             pid_file(self.settings).unlink(missing_ok=True)
+            os.close(lock)
         return code
 
 

@@ -1,6 +1,8 @@
 """SQLAlchemy models, one module per aggregate; all share `Base.metadata`."""
 
 from common.models.base import Base
+from common.models.execution import Fill, Order, Position
+from common.models.outbox import OutboxEvent
 from common.models.supervisor import SupervisorEvent
 
-__all__ = ["Base", "SupervisorEvent"]
+__all__ = ["Base", "Fill", "Order", "OutboxEvent", "Position", "SupervisorEvent"]

@@ -1,0 +1,79 @@
+"""Audit events through a transactional outbox, delivered to compliance in the background."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.clients import Agents
+from common.contracts import AuditEventIn
+from common.errors import VolexError
+from common.models.outbox import OutboxEvent
+
+log = logging.getLogger(__name__)
+BATCH = 200
+
+
+def record(session: Session, service: str, event: AuditEventIn) -> None:
+    """Queue `event` in the caller's transaction: it exists exactly when the change does."""
+    session.add(OutboxEvent(service=service, payload=event.model_dump(mode="json"), attempts=0))
+
+
+class OutboxRelay:
+    """Sends queued events to compliance `POST /audit/events`, oldest first, once each."""
+
+    def __init__(self, service: str, sessions: sessionmaker[Session], agents: Agents) -> None:
+        self.service = service
+        self.sessions = sessions
+        self.agents = agents
+        self.wake = asyncio.Event()
+
+    async def deliver_once(self) -> int:
+        """Deliver what is queued; stop at the first failure so order is kept."""
+        delivered = 0
+        rows = await asyncio.to_thread(self._pending)
+        for row_id, payload in rows:
+            try:
+                await self.agents.compliance.post("/audit/events", json=payload)
+            except VolexError as exc:
+                await asyncio.to_thread(self._failed, row_id, exc.message)
+                break
+            await asyncio.to_thread(self._done, row_id)
+            delivered += 1
+        return delivered
+
+    async def run(self, interval: float = 1.0) -> None:
+        while True:
+            try:
+                await self.deliver_once()
+            except Exception:  # the relay must outlive database hiccups
+                log.exception("outbox relay failed; retrying")
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), interval)
+
+    def _pending(self) -> list[tuple[int, dict[str, object]]]:
+        with self.sessions() as session:
+            rows = session.execute(
+                select(OutboxEvent.id, OutboxEvent.payload)
+                .where(OutboxEvent.service == self.service)
+                .order_by(OutboxEvent.id)
+                .limit(BATCH)
+            ).all()
+        return [(row.id, row.payload) for row in rows]
+
+    def _done(self, row_id: int) -> None:
+        with self.sessions.begin() as session:
+            session.execute(delete(OutboxEvent).where(OutboxEvent.id == row_id))
+
+    def _failed(self, row_id: int, error: str) -> None:
+        with self.sessions.begin() as session:
+            session.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.id == row_id)
+                .values(attempts=OutboxEvent.attempts + 1, last_error=error[:500])
+            )
