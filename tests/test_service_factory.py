@@ -66,9 +66,10 @@ def test_failed_commit_is_an_error_not_a_success(stack: Stack) -> None:
         )
     try:
         response = _call(stack, "POST", "/duplicate")
-        assert response.status_code == 503, response.text
+        # The commit fails before the response: the caller hears 409, never a 201.
+        assert response.status_code == 409, response.text
         assert response.headers["content-type"].startswith("application/problem+json")
-        assert "database" in response.json()["detail"]
+        assert "uq_probe" in response.json()["detail"]
         with stack.engine().connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM deferred_probe")).scalar_one() == 0
     finally:
