@@ -1,19 +1,18 @@
 """`sim`: the offline simulated exchange, a paper account on a synthetic market.
 
 Prices come from `sim_prices` (a pure function of seed, symbol and time), the book
-from `sim_markets`, the order rules from `sim_rules`, the durable account from
-`sim_state`. Market orders and the marketable part of limit orders walk the book as
-taker; the rest of a limit order rests and fills in full at its limit price, as maker,
-once the price trades through it; stops trigger when the price reaches them. Resting
-orders are checked against the whole price path since the last check, at the start of
-every call and on `poll()`. Faults and latency can be injected for tests.
+from `sim_markets`, the order rules from `sim_rules`, matching from `sim_engine`, the
+durable account from `sim_state`. This module is the exchange's API: the boundary
+every call crosses (closed check, latency, injected faults), one asyncio lock around
+the account, and a durable save before any call that changed the account returns.
+Resting orders are brought up to the present at the start of every call and on
+`poll()`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import os
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -39,28 +38,15 @@ from agents.execution.exchange.errors import (
     DuplicateOrder,
     ExchangeError,
     ExchangeTimeout,
-    InsufficientFunds,
     InvalidOrder,
     NetworkError,
     OrderNotFound,
     RateLimited,
 )
-from agents.execution.exchange.sim_markets import (
-    DEFAULT_MARKETS,
-    Book,
-    Fees,
-    MarketSpec,
-    make_book,
-    walk_book,
-)
+from agents.execution.exchange.sim_engine import Engine
+from agents.execution.exchange.sim_markets import DEFAULT_MARKETS, Fees, MarketSpec
 from agents.execution.exchange.sim_prices import EPOCH_MS, MINUTE_MS, TIMEFRAMES, shared_path
-from agents.execution.exchange.sim_rules import (
-    OrderRequest,
-    check_against_market,
-    parse_request,
-    reservation,
-    watched_level,
-)
+from agents.execution.exchange.sim_rules import parse_request
 from agents.execution.exchange.sim_state import Ledger, SimOrder, StateStore
 from common.contracts import OrderSide, OrderType
 from common.money import to_step
@@ -180,6 +166,7 @@ class SimExchange(ExchangeAdapter):
             self._store.close()
             raise
         self._ledger = ledger
+        self._engine = Engine(ledger, self._specs, self._paths, self.fees)
 
     # --- faults and time ---------------------------------------------------------------
     def inject_fault(self, kind: str, op: str = "create_order", times: int = 1) -> None:
@@ -226,7 +213,7 @@ class SimExchange(ExchangeAdapter):
     async def fetch_ticker(self, symbol: str) -> Ticker:
         spec = self._spec(symbol)
         now = await self._sync()
-        book = self._book(symbol, now)
+        book = self._engine.book(symbol, now)
         last = to_step(Decimal(repr(book.mid)), spec.price_step, ROUND_HALF_EVEN)
         return Ticker(symbol=symbol, bid=book.bid, ask=book.ask, last=last, timestamp=now)
 
@@ -234,7 +221,7 @@ class SimExchange(ExchangeAdapter):
     async def fetch_order_book(self, symbol: str, limit: int = 20) -> OrderBook:
         self._spec(symbol)
         now = await self._sync()
-        book = self._book(symbol, now)
+        book = self._engine.book(symbol, now)
         sides = [
             [(lv.price, lv.amount) for lv, _ in zip(book.levels(buy), range(limit), strict=False)]
             for buy in (False, True)
@@ -309,12 +296,7 @@ class SimExchange(ExchangeAdapter):
                     existing_order_id=existing,
                     exchange="sim",
                 )
-            book = self._book(symbol, now)
-            check_against_market(spec, request, book)
-            order = self._new_order(spec, request, now)
-            self._check_funds(spec, order, book)
-            self._ledger.add_order(order)
-            self._place(order, book, now)
+            order = self._engine.place(request, now)
             await self._save()
             return self._view(order)
 
@@ -330,8 +312,7 @@ class SimExchange(ExchangeAdapter):
                     exchange="sim",
                     order_status=order.status,
                 )
-            order.status = "canceled"
-            order.reserved = Decimal(0)
+            self._engine.cancel(order)
             await self._save()
             return self._view(order)
 
@@ -381,7 +362,7 @@ class SimExchange(ExchangeAdapter):
     async def poll(self) -> list[ExchangeOrder]:
         """Bring resting orders up to now; return the orders that filled or triggered."""
         async with self._lock:
-            changed = self._evaluate(self.now_ms())
+            changed = self._engine.evaluate(self.now_ms())
             if changed:
                 await self._save()
             return [self._view(o) for o in changed]
@@ -401,10 +382,6 @@ class SimExchange(ExchangeAdapter):
             )
         return spec
 
-    def _book(self, symbol: str, t_ms: int) -> Book:
-        path = self._paths[symbol]
-        return make_book(self._specs[symbol], path.price_at(t_ms), path.sigma_ratio_at(t_ms))
-
     def _find(self, order_id: str, symbol: str) -> SimOrder:
         order = self._ledger.orders.get(order_id)
         if order is None or order.symbol != symbol:
@@ -423,137 +400,6 @@ class SimExchange(ExchangeAdapter):
 
     async def _sync_locked(self) -> int:
         now = self.now_ms()
-        if self._evaluate(now):
+        if self._engine.evaluate(now):
             await self._save()
         return now
-
-    # --- internals: placing and filling --------------------------------------------------
-    def _new_order(self, spec: MarketSpec, request: OrderRequest, now: int) -> SimOrder:
-        buy = request.side == OrderSide.buy
-        return SimOrder(
-            id=self._ledger.new_order_id(),
-            client_order_id=request.client_order_id,
-            symbol=request.symbol,
-            side=request.side,
-            type=request.type,
-            amount=request.amount,
-            price=request.price,
-            stop_price=request.stop_price,
-            timestamp=now,
-            watch_from=now,
-            reserve_asset=spec.quote if buy else spec.base,
-        )
-
-    def _check_funds(self, spec: MarketSpec, order: SimOrder, book: Book) -> None:
-        if order.type == OrderType.market and order.is_buy:
-            fills = walk_book(book, True, order.amount)
-            need = sum((f.amount * f.price for f in fills), Decimal(0)) * (1 + self.fees.taker)
-        else:
-            need = reservation(order, self.fees)
-        free = self._ledger.free(order.reserve_asset)
-        if need > free:
-            raise InsufficientFunds(
-                f"{order.side.value} {order.amount} {spec.symbol} needs {need} "
-                f"{order.reserve_asset} (including fees), but only {free} is free",
-                exchange="sim",
-            )
-
-    def _place(self, order: SimOrder, book: Book, now: int) -> None:
-        if order.type == OrderType.market:
-            self._take(order, book, now, budget=None)
-            self._finish_taker(order, "the book ran out of depth")
-        elif order.type == OrderType.limit:
-            self._take_then_rest(order, book, now)
-        else:
-            order.reserved = reservation(order, self.fees)
-
-    def _take(self, order: SimOrder, book: Book, t_ms: int, budget: Decimal | None) -> None:
-        spec = self._specs[order.symbol]
-        fills = walk_book(book, order.is_buy, order.remaining, order.price, budget, self.fees.taker)
-        for fill in fills:
-            assets = (spec.base, spec.quote)
-            fee = self.fees.taker
-            self._ledger.record_fill(order, assets, (fill.price, fill.amount), fee, t_ms, True)
-
-    def _take_then_rest(self, order: SimOrder, book: Book, t_ms: int) -> None:
-        self._take(order, book, t_ms, budget=None)
-        if order.remaining == 0:
-            order.status = "closed"
-        order.reserved = reservation(order, self.fees)
-        order.watch_from = t_ms
-
-    def _finish_taker(self, order: SimOrder, why: str) -> None:
-        """A market execution is over: closed if complete, else the rest expires."""
-        order.reserved = Decimal(0)
-        if order.remaining == 0:
-            order.status = "closed"
-        else:
-            order.status = "expired"
-            order.reason = f"{why}; {order.remaining} of {order.amount} not filled"
-
-    def _trigger(self, order: SimOrder, t_ms: int) -> None:
-        order.triggered = True
-        book = self._book(order.symbol, t_ms)
-        if order.price is not None:
-            self._take_then_rest(order, book, t_ms)
-            return
-        order.reserved = Decimal(0)  # what it held is now free to spend
-        budget = self._ledger.free(order.reserve_asset) if order.is_buy else None
-        self._take(order, book, t_ms, budget=budget)
-        short = order.is_buy and budget is not None and order.remaining > 0
-        self._finish_taker(order, "not enough free funds" if short else "the book ran out")
-
-    def _maker_fill(self, order: SimOrder, t_ms: int) -> None:
-        spec = self._specs[order.symbol]
-        assert order.price is not None
-        fill = (order.price, order.remaining)
-        fee = self.fees.maker
-        self._ledger.record_fill(order, (spec.base, spec.quote), fill, fee, t_ms, False)
-        order.status = "closed"
-        order.reserved = Decimal(0)
-
-    # --- internals: watching the price ---------------------------------------------------
-    def _evaluate(self, now: int) -> list[SimOrder]:
-        """Apply every fill and trigger due between each open order's last check and
-        `now`, in time order (a trigger can spend what an earlier fill paid)."""
-        heap: list[tuple[int, int, str]] = []
-        for order in self._ledger.open_orders():
-            self._schedule(heap, order, now)
-        changed: dict[str, SimOrder] = {}
-        while heap:
-            t_ms, _, order_id = heapq.heappop(heap)
-            order = self._ledger.orders[order_id]
-            if order.is_stop and not order.triggered:
-                self._trigger(order, t_ms)
-            else:
-                self._maker_fill(order, t_ms)
-            changed[order.id] = order
-            if order.status == "open":
-                self._schedule(heap, order, now)
-        for order in self._ledger.open_orders():
-            order.watch_from = max(order.watch_from, now)
-        return list(changed.values())
-
-    def _schedule(self, heap: list[tuple[int, int, str]], order: SimOrder, now: int) -> None:
-        t_ms = self._next_event(order, now)
-        if t_ms is not None:
-            heapq.heappush(heap, (t_ms, int(order.id), order.id))
-
-    def _next_event(self, order: SimOrder, now: int) -> int | None:
-        """When the price next reaches the order's level. An order resting on the far
-        side of its level (a buy above the price) waits until the price has moved one
-        tick past it and comes back: it fills when the price trades through it."""
-        level_dec, below = watched_level(order)
-        level = float(level_dec)
-        path = self._paths[order.symbol]
-        start: int | None = order.watch_from
-        if start is None or start > now:
-            return None
-        price = path.price_at(start)
-        if price <= level if below else price >= level:
-            tick = float(self._specs[order.symbol].price_step)
-            away = level + tick if below else level - tick
-            start = path.first_touch(start, now, away, not below)
-            if start is None:
-                return None
-        return path.first_touch(start, now, level, below)
