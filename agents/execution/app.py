@@ -1,8 +1,69 @@
 """The execution service process: `volex serve execution` runs this app under uvicorn."""
 
-from common.service import create_service
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from agents.execution.endpoints import router
+from agents.execution.exchanges import ExchangeRegistry
+from agents.execution.service import SERVICE, OrderService
+from agents.execution.settings import ExecutionSettings
+from agents.execution.sync import Reconciler
+from common.contracts import TRADING_STATE_CHANNEL, ApplyTradingState, TradingState
+from common.outbox import OutboxRelay
+from common.service import Kit, create_service
+
+log = logging.getLogger(__name__)
+settings = ExecutionSettings()
+
+
+async def _follow_trading_state(kit: Kit, reconciler: Reconciler) -> None:
+    """Apply a HALTED broadcast even if risk's direct call did not reach us."""
+    assert kit.events is not None
+    while True:
+        try:
+            async for event in kit.events.subscribe(TRADING_STATE_CHANNEL):
+                if event.get("state") == TradingState.HALTED:
+                    await reconciler.apply(ApplyTradingState.model_validate(event))
+        except Exception as exc:  # Redis down: retry; risk's HTTP call still reaches us
+            log.warning("trading-state subscription lost", extra={"reason": str(exc)})
+            await asyncio.sleep(1.0)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    kit: Kit = app.state.kit
+    assert kit.session_factory is not None and kit.agents is not None
+    exchanges = ExchangeRegistry(settings)
+    orders = OrderService(kit.session_factory, kit.agents, exchanges)
+    relay = OutboxRelay(SERVICE, kit.session_factory, kit.agents)
+    orders.wake_relay = relay.wake.set
+    reconciler = Reconciler(orders, settings.unknown_grace)
+    app.state.orders, app.state.reconciler = orders, reconciler
+    kit.checks["reconciliation"] = reconciler.health
+    tasks = [
+        asyncio.create_task(relay.run()),
+        asyncio.create_task(reconciler.run(settings.sync_interval)),
+        asyncio.create_task(_follow_trading_state(kit, reconciler)),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await exchanges.close()
+
 
 app = create_service(
     "execution",
+    [router],
+    lifespan=lifespan,
+    settings=settings,
     description="Orders, fills, positions and balances; the only service talking to exchanges.",
 )

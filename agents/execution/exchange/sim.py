@@ -53,7 +53,16 @@ from common.money import to_step
 
 P = ParamSpec("P")
 R = TypeVar("R")
-FAULT_KINDS = ("reject", "timeout_after_accept", "network_error", "rate_limited", "auth_error")
+FAULT_KINDS = (
+    "reject",
+    "timeout_after_accept",
+    "hang_after_accept",
+    "network_error",
+    "rate_limited",
+    "auth_error",
+)
+AFTER_ACCEPT = ("timeout_after_accept", "hang_after_accept")
+HANG_SECONDS = 120.0
 OPERATIONS = (
     "load_markets",
     "fetch_ticker",
@@ -91,10 +100,14 @@ def _boundary(
         if self.latency_ms > 0:
             await asyncio.sleep(self.latency_ms / 1000)
         fault = self._take_fault(op)
-        if fault is not None and fault != "timeout_after_accept":
+        if fault is not None and fault not in AFTER_ACCEPT:
             raise _fault_error(fault, op)
         result = await fn(self, *args, **kwargs)
-        if fault == "timeout_after_accept":
+        if fault == "hang_after_accept":
+            # Accepted and saved, then no answer for a long time: the window in which a
+            # crash of the caller leaves an order it never heard about (crash drills).
+            await asyncio.sleep(HANG_SECONDS)
+        if fault in AFTER_ACCEPT:
             raise ExchangeTimeout(
                 f"sim: {op} timed out (injected) after the exchange accepted it; "
                 "reconcile by client order id",
@@ -124,7 +137,8 @@ class SimExchange(ExchangeAdapter):
     `clock` returns unix seconds (inject one to move time in tests). `latency_ms` delays
     every call. `inject_fault(kind, op, times)` makes the next `times` calls of `op` fail:
     "reject" (InvalidOrder), "network_error" (nothing done), "timeout_after_accept"
-    (done and persisted, then ExchangeTimeout), "rate_limited", "auth_error".
+    (done and persisted, then ExchangeTimeout), "hang_after_accept" (done and persisted,
+    then silence for HANG_SECONDS before the timeout), "rate_limited", "auth_error".
     """
 
     id = "sim"

@@ -1,0 +1,120 @@
+"""All of execution's SQL: orders, fills, positions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from common.models import Fill, Order, Position
+
+FINAL = frozenset({"filled", "cancelled", "rejected", "expired"})
+LIVE = frozenset({"open", "partially_filled"})
+UNSETTLED = frozenset({"pending", "unknown"})
+
+
+def claim(session: Session, values: dict[str, Any]) -> Order | None:
+    """Insert a pending order; None if its client order id is already taken."""
+    order_id = session.execute(
+        insert(Order)
+        .values(status="pending", filled=Decimal(0), fee=Decimal(0), **values)
+        .on_conflict_do_nothing(index_elements=["client_order_id"])
+        .returning(Order.id)
+    ).scalar_one_or_none()
+    return None if order_id is None else session.get(Order, order_id)
+
+
+def by_client_id(session: Session, client_order_id: str) -> Order | None:
+    return session.scalars(select(Order).where(Order.client_order_id == client_order_id)).first()
+
+
+def get(session: Session, order_id: int, *, lock: bool = False) -> Order | None:
+    query = select(Order).where(Order.id == order_id)
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).first()
+
+
+def list_orders(
+    session: Session, exchange: str, symbol: str | None, status: str | None, limit: int
+) -> Sequence[Order]:
+    query = select(Order).where(Order.exchange == exchange)
+    if symbol:
+        query = query.where(Order.symbol == symbol)
+    if status:
+        query = query.where(Order.status == status)
+    return session.scalars(query.order_by(Order.id.desc()).limit(limit)).all()
+
+
+def unsettled(session: Session, exchange: str | None = None) -> Sequence[Order]:
+    """Orders not in a final state, oldest first: the reconciliation worklist."""
+    query = select(Order).where(Order.status.not_in(FINAL))
+    if exchange:
+        query = query.where(Order.exchange == exchange)
+    return session.scalars(query.order_by(Order.id)).all()
+
+
+def live(session: Session, exchange: str | None = None) -> Sequence[Order]:
+    query = select(Order).where(Order.status.in_(LIVE))
+    if exchange:
+        query = query.where(Order.exchange == exchange)
+    return session.scalars(query.order_by(Order.id)).all()
+
+
+def siblings(session: Session, parent_id: int, exclude: int) -> Sequence[Order]:
+    return session.scalars(
+        select(Order).where(
+            Order.parent_id == parent_id, Order.id != exclude, Order.status.in_(LIVE | UNSETTLED)
+        )
+    ).all()
+
+
+def add_fill(session: Session, values: dict[str, Any]) -> bool:
+    """Record a trade once; False when it was already recorded."""
+    inserted = session.execute(
+        insert(Fill)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["exchange", "trade_id"])
+        .returning(Fill.id)
+    ).scalar_one_or_none()
+    return inserted is not None
+
+
+def position(session: Session, exchange: str, symbol: str) -> Position:
+    """The position row, locked for update (created flat if new)."""
+    session.execute(
+        insert(Position)
+        .values(
+            exchange=exchange,
+            symbol=symbol,
+            amount=Decimal(0),
+            entry_price=Decimal(0),
+            realized_pnl=Decimal(0),
+        )
+        .on_conflict_do_nothing()
+    )
+    return session.scalars(
+        select(Position)
+        .where(Position.exchange == exchange, Position.symbol == symbol)
+        .with_for_update()
+    ).one()
+
+
+def positions(session: Session, exchange: str | None = None) -> Sequence[Position]:
+    query = select(Position).where(Position.amount != 0)
+    if exchange:
+        query = query.where(Position.exchange == exchange)
+    return session.scalars(query.order_by(Position.exchange, Position.symbol)).all()
+
+
+def realized_since(session: Session, since: Any) -> Decimal:
+    from sqlalchemy import func
+
+    total = session.scalar(
+        select(func.coalesce(func.sum(Fill.realized_pnl), 0)).where(Fill.filled_at >= since)
+    )
+    return Decimal(total or 0)

@@ -1,0 +1,444 @@
+"""The order path: claim → risk and compliance → exchange → ledger, each step persisted.
+
+The order row is committed as `pending` (claiming its client order id) before
+anything else happens, so a retried request finds it and never sends twice.
+An order whose fate the exchange did not tell us is `unknown` and is reconciled
+by client order id (sync.py); nothing is ever re-sent blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from agents.execution import repository as repo
+from agents.execution.exchange.base import ExchangeOrder, Market
+from agents.execution.exchange.errors import (
+    AuthenticationError,
+    ExchangeError,
+    ExchangeTimeout,
+    InsufficientFunds,
+    InvalidOrder,
+    NetworkError,
+)
+from agents.execution.exchanges import ExchangeRegistry
+from agents.execution.ledger import PositionState, apply_fill
+from agents.execution.schemas import OrderRequest
+from common import outbox
+from common.auth import Caller
+from common.clients import Agents
+from common.contracts import (
+    AuditEventIn,
+    CheckDecision,
+    FillEvent,
+    OrderSide,
+    OrderType,
+    PolicyRequest,
+    PortfolioView,
+    PositionView,
+    PreTradeRequest,
+    RestingOrder,
+)
+from common.errors import Conflict, ServiceUnavailable, Unprocessable, VolexError
+from common.models import Order
+from common.money import to_step
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SERVICE = "execution"
+
+
+def status_of(ex: ExchangeOrder) -> str:
+    if ex.status == "open":
+        return "partially_filled" if ex.filled > 0 else "open"
+    return {"closed": "filled", "canceled": "cancelled"}.get(ex.status, ex.status)
+
+
+def audit(session: Session, kind: str, actor: str, subject: str, **data: Any) -> None:
+    outbox.record(
+        session, SERVICE, AuditEventIn(kind=kind, actor=actor, subject=subject, data=data)
+    )
+
+
+class OrderService:
+    def __init__(
+        self, sessions: sessionmaker[Session], agents: Agents, exchanges: ExchangeRegistry
+    ) -> None:
+        self.sessions = sessions
+        self.agents = agents
+        self.exchanges = exchanges
+        self.wake_relay: Callable[[], None] = lambda: None
+
+    # --- database helpers --------------------------------------------------------------
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking DB function in a thread; a database failure is a 503."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except SQLAlchemyError as exc:
+            raise ServiceUnavailable(
+                f"database unavailable ({exc.__class__.__name__}): no order was sent"
+            ) from exc
+
+    def _find(self, client_order_id: str) -> Order | None:
+        with self.sessions() as session:
+            return repo.by_client_id(session, client_order_id)
+
+    def _claim(self, values: dict[str, Any], actor: str) -> Order | None:
+        with self.sessions.begin() as session:
+            order = repo.claim(session, values)
+            if order is not None:
+                audit(
+                    session, "order.requested", actor, order.client_order_id, **_order_data(order)
+                )
+            return order
+
+    def _finish(self, order_id: int, status: str, reason: str, actor: str) -> Order:
+        with self.sessions.begin() as session:
+            order = repo.get(session, order_id, lock=True)
+            assert order is not None
+            if order.status in repo.FINAL:
+                return order
+            order.status, order.reason = status, reason
+            audit(session, f"order.{status}", actor, order.client_order_id, reason=reason)
+            return order
+
+    # --- placing ------------------------------------------------------------------------
+    async def place(self, req: OrderRequest, caller: Caller) -> tuple[Order, bool]:
+        """Place `req`; returns the order and whether this call created it."""
+        self.exchanges.get(req.exchange)
+        market = await self.exchanges.market(req.exchange, req.symbol)
+        cid = req.client_order_id or f"vx-{uuid.uuid4().hex[:24]}"
+        existing = await self.db(self._find, cid)
+        if existing is not None:
+            return _same_request(existing, req), False
+        mid, age = await self._mark(req.exchange, req.symbol)
+        amount = _amount(req, market, mid)
+        _check_brackets(req, mid)
+        values = {
+            "client_order_id": cid,
+            "exchange": req.exchange,
+            "symbol": req.symbol,
+            "side": req.side.value,
+            "type": req.type.value,
+            "amount": amount,
+            "price": req.price,
+            "stop_price": req.stop_price,
+            "reduce_only": req.reduce_only,
+            "stop_loss": req.stop_loss,
+            "take_profit": req.take_profit,
+            "trailing_stop_pct": req.trailing_stop_pct,
+            "role": "entry",
+            "requested_by": caller.name,
+        }
+        order = await self.db(self._claim, values, caller.name)
+        self.wake_relay()
+        if order is None:  # lost the race for this client order id: same order
+            found = await self.db(self._find, cid)
+            assert found is not None
+            return found, False
+        try:
+            await self._approve(order, market, mid, age)
+        except VolexError as exc:
+            await self.db(self._finish, order.id, "rejected", exc.message, caller.name)
+            raise
+        return await self.send(order), True
+
+    async def _mark(self, exchange: str, symbol: str) -> tuple[Decimal, int]:
+        try:
+            return await self.exchanges.mark(exchange, symbol)
+        except ExchangeError as exc:
+            raise ServiceUnavailable(
+                f"{exchange} has no price for {symbol} right now: {exc}"
+            ) from exc
+
+    async def _approve(self, order: Order, market: Market, mid: Decimal, age_ms: int) -> None:
+        portfolio, resting = await asyncio.gather(
+            self.portfolio(order.exchange), self.db(self._resting, order)
+        )
+        pre_trade = PreTradeRequest(
+            client_order_id=order.client_order_id,
+            exchange=order.exchange,
+            symbol=order.symbol,
+            side=OrderSide(order.side),
+            type=OrderType(order.type),
+            amount=order.amount,
+            price=order.price or order.stop_price,
+            reduce_only=order.reduce_only,
+            stop_loss=order.stop_loss,
+            reference_price=mid,
+            reference_age_ms=age_ms,
+            market=market.rules(),
+            portfolio=portfolio,
+        )
+        policy = PolicyRequest(
+            client_order_id=order.client_order_id,
+            exchange=order.exchange,
+            symbol=order.symbol,
+            side=OrderSide(order.side),
+            type=OrderType(order.type),
+            amount=order.amount,
+            price=order.price or order.stop_price,
+            reference_price=mid,
+            resting_orders=resting,
+            requested_by=order.requested_by,
+        )
+        answers: tuple[Any, ...] = await asyncio.gather(
+            self.agents.risk.post("/checks/pre-trade", json=pre_trade.model_dump(mode="json")),
+            self.agents.compliance.post("/checks/policy", json=policy.model_dump(mode="json")),
+            return_exceptions=True,
+        )
+        risk, compliance = answers
+        for name, answer in (("risk", risk), ("compliance", compliance)):
+            if isinstance(answer, ServiceUnavailable):
+                raise ServiceUnavailable(f"order refused: {name} unavailable ({answer.message})")
+            if isinstance(answer, BaseException):
+                raise ServiceUnavailable(f"order refused: {name} check failed ({answer})")
+        for name, answer in (("risk", risk), ("compliance", compliance)):
+            decision = CheckDecision.model_validate(answer)
+            if not decision.approved:
+                failed = decision.rejections
+                reasons = "; ".join(f"{c.rule}: {c.detail}" for c in failed)
+                message = f"rejected by {name}: {reasons}"
+                if all("state" in c.rule for c in failed):
+                    raise Conflict(message)
+                raise Unprocessable(message)
+
+    def _resting(self, order: Order) -> list[RestingOrder]:
+        with self.sessions() as session:
+            return [
+                RestingOrder(side=OrderSide(o.side), price=o.price, amount=o.amount - o.filled)
+                for o in repo.live(session, order.exchange)
+                if o.symbol == order.symbol and o.price is not None and o.amount > o.filled
+            ]
+
+    async def send(self, order: Order) -> Order:
+        """Hand an approved (claimed) order to its exchange and record what came back."""
+        adapter = self.exchanges.get(order.exchange)
+        try:
+            ex = await adapter.create_order(
+                order.symbol,
+                order.side,
+                order.type,
+                order.amount,
+                price=order.price,
+                stop_price=order.stop_price,
+                client_order_id=order.client_order_id,
+            )
+        except (ExchangeTimeout, NetworkError) as exc:
+            # The exchange may or may not have it: reconcile by client id, never resend.
+            return await self.db(self._finish, order.id, "unknown", str(exc), SERVICE)
+        except (InvalidOrder, InsufficientFunds) as exc:
+            await self.db(self._finish, order.id, "rejected", str(exc), SERVICE)
+            raise Unprocessable(f"{order.exchange} refused the order: {exc}") from exc
+        except AuthenticationError as exc:
+            await self.db(self._finish, order.id, "rejected", str(exc), SERVICE)
+            await self.halt(f"{order.exchange} rejected our credentials: {exc}")
+            raise ServiceUnavailable(
+                f"{order.exchange} authentication failed; trading halted"
+            ) from exc
+        recorded = await self.db(self.record, order.id, ex)
+        self.wake_relay()
+        return recorded
+
+    # --- ledger -----------------------------------------------------------------------------
+    def record(self, order_id: int, ex: ExchangeOrder) -> Order:
+        """Bring our row in line with the exchange's order: status, fills, position."""
+        with self.sessions.begin() as session:
+            order = repo.get(session, order_id, lock=True)
+            assert order is not None
+            order.exchange_order_id = ex.id
+            for trade in ex.trades:
+                self._record_trade(session, order, trade)
+            order.filled, order.fee = ex.filled, ex.fee
+            order.average_price = ex.average
+            status = status_of(ex)
+            if status != order.status:
+                audit(
+                    session,
+                    f"order.{status}",
+                    SERVICE,
+                    order.client_order_id,
+                    filled=str(ex.filled),
+                    exchange_order_id=ex.id,
+                )
+                order.status = status
+            if status == "filled" and order.role == "entry":
+                _arm_position(session, order)
+            return order
+
+    def _record_trade(self, session: Session, order: Order, trade: Any) -> None:
+        pos = repo.position(session, order.exchange, order.symbol)
+        quote = order.symbol.split("/")[1]
+        base = order.symbol.split("/")[0]
+        fee = Decimal(trade.fee)
+        fee_quote = (
+            fee
+            if trade.fee_currency == quote
+            else (fee * Decimal(trade.price) if trade.fee_currency == base else Decimal(0))
+        )
+        state, realized = apply_fill(
+            PositionState(pos.amount, pos.entry_price, pos.realized_pnl),
+            order.side,
+            Decimal(trade.amount),
+            Decimal(trade.price),
+            fee_quote,
+        )
+        filled_at = datetime.fromtimestamp(trade.timestamp / 1000, UTC)
+        inserted = repo.add_fill(
+            session,
+            {
+                "order_id": order.id,
+                "exchange": order.exchange,
+                "trade_id": str(trade.id),
+                "symbol": order.symbol,
+                "side": order.side,
+                "amount": trade.amount,
+                "price": trade.price,
+                "fee": fee,
+                "fee_currency": trade.fee_currency,
+                "realized_pnl": realized,
+                "filled_at": filled_at,
+            },
+        )
+        if not inserted:
+            return
+        pos.amount, pos.entry_price, pos.realized_pnl = (
+            state.amount,
+            state.entry_price,
+            state.realized_pnl,
+        )
+        if pos.amount == 0:
+            pos.stop_loss = pos.take_profit = pos.trailing_stop_pct = pos.trail_extreme = None
+        event = FillEvent(
+            fill_id=f"{order.exchange}:{trade.id}",
+            client_order_id=order.client_order_id,
+            exchange=order.exchange,
+            symbol=order.symbol,
+            side=OrderSide(order.side),
+            amount=trade.amount,
+            price=trade.price,
+            fee=fee,
+            fee_currency=trade.fee_currency,
+            filled_at=filled_at,
+        )
+        audit(
+            session, "order.filled", SERVICE, order.client_order_id, **event.model_dump(mode="json")
+        )
+
+    # --- portfolio -----------------------------------------------------------------------------
+    async def portfolio(self, exchange: str) -> PortfolioView:
+        adapter = self.exchanges.get(exchange)
+        balances = await adapter.fetch_balance()
+        rows = await self.db(self._positions, exchange)
+        views = []
+        for row in rows:
+            mark, _ = await self._mark(exchange, row.symbol)
+            views.append(
+                PositionView(
+                    exchange=exchange,
+                    symbol=row.symbol,
+                    amount=row.amount,
+                    entry_price=row.entry_price,
+                    mark_price=mark,
+                    stop_loss=row.stop_loss,
+                )
+            )
+        cash = balances["USDT"].free if "USDT" in balances else Decimal(0)
+        total_quote = balances["USDT"].total if "USDT" in balances else Decimal(0)
+        equity = total_quote + sum((v.amount * v.mark_price for v in views), Decimal(0))
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        realized = await self.db(self._realized_since, today)
+        return PortfolioView(
+            equity=max(equity, Decimal(0)), cash=cash, positions=views, realized_pnl_today=realized
+        )
+
+    def _positions(self, exchange: str) -> list[Any]:
+        with self.sessions() as session:
+            return list(repo.positions(session, exchange))
+
+    def _realized_since(self, since: datetime) -> Decimal:
+        with self.sessions() as session:
+            return repo.realized_since(session, since)
+
+    async def halt(self, reason: str) -> None:
+        try:
+            await self.agents.risk.post("/halt", json={"reason": reason, "flatten": False})
+        except VolexError as exc:
+            log.error("could not halt trading through risk", extra={"reason": exc.message})
+
+
+def _order_data(order: Order) -> dict[str, Any]:
+    return {
+        "exchange": order.exchange,
+        "symbol": order.symbol,
+        "side": order.side,
+        "type": order.type,
+        "amount": str(order.amount),
+        "price": None if order.price is None else str(order.price),
+        "reduce_only": order.reduce_only,
+        "requested_by": order.requested_by,
+    }
+
+
+def _same_request(existing: Order, req: OrderRequest) -> Order:
+    """A reused client order id must describe the same order."""
+    if (existing.exchange, existing.symbol, existing.side) != (
+        req.exchange,
+        req.symbol,
+        req.side.value,
+    ):
+        raise Conflict(
+            f"client_order_id {existing.client_order_id!r} already names order {existing.id} "
+            f"({existing.side} {existing.symbol} on {existing.exchange}); use a new id"
+        )
+    return existing
+
+
+def _amount(req: OrderRequest, market: Market, mid: Decimal) -> Decimal:
+    if req.amount is not None:
+        return req.amount
+    assert req.quote_amount is not None
+    amount = to_step(req.quote_amount / mid, market.amount_step)
+    if amount <= 0:
+        raise Unprocessable(
+            f"quote_amount {req.quote_amount} buys less than one step "
+            f"({market.amount_step}) of {req.symbol} at {mid:.2f}"
+        )
+    return amount
+
+
+def _check_brackets(req: OrderRequest, mid: Decimal) -> None:
+    below, above = (
+        (req.stop_loss, req.take_profit)
+        if req.side == OrderSide.buy
+        else (req.take_profit, req.stop_loss)
+    )
+    if below is not None and below >= mid:
+        raise Unprocessable(
+            f"{'stop_loss' if req.side == OrderSide.buy else 'take_profit'} "
+            f"{below} must be below the price {mid:.2f}"
+        )
+    if above is not None and above <= mid:
+        raise Unprocessable(
+            f"{'take_profit' if req.side == OrderSide.buy else 'stop_loss'} "
+            f"{above} must be above the price {mid:.2f}"
+        )
+
+
+def _arm_position(session: Session, order: Order) -> None:
+    pos = repo.position(session, order.exchange, order.symbol)
+    if order.stop_loss is not None:
+        pos.stop_loss = order.stop_loss
+    if order.take_profit is not None:
+        pos.take_profit = order.take_profit
+    if order.trailing_stop_pct is not None:
+        pos.trailing_stop_pct = order.trailing_stop_pct
+        pos.trail_extreme = order.average_price

@@ -1,0 +1,237 @@
+"""Keeping our ledger true to the exchanges: reconciliation, protective exits, kill switch.
+
+Runs in the background of the execution process. At start-up every order not in
+a final state is reconciled with its exchange before /health reports ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from decimal import Decimal
+from typing import Any
+
+from agents.execution import repository as repo
+from agents.execution.exchange.base import ExchangeOrder
+from agents.execution.exchange.errors import ExchangeError, OrderNotFound
+from agents.execution.service import SERVICE, OrderService, audit
+from common.contracts import ApplyTradingState, ApplyTradingStateResult, TradingState
+from common.errors import VolexError
+from common.models import Order, Position
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(self, orders: OrderService, unknown_grace: float) -> None:
+        self.orders = orders
+        self.unknown_grace = unknown_grace
+        self.ready = False
+        self.detail = "reconciling orders left from the last run"
+        self.kill_lock = asyncio.Lock()
+
+    async def health(self) -> tuple[bool, str]:
+        return self.ready, self.detail
+
+    # --- reconciliation ---------------------------------------------------------------
+    async def startup(self) -> None:
+        """Reconcile every non-final order, whatever its age, then report ready."""
+        for adapter in self.orders.exchanges.adapters.values():
+            warm_up = getattr(adapter, "warm_up", None)
+            if warm_up is not None:
+                await warm_up()  # the sim builds its price history once per process
+        while not self.ready:
+            try:
+                await self.sync_once(startup=True)
+                await self._apply_current_state()
+                self.ready, self.detail = True, "orders reconciled"
+            except (VolexError, ExchangeError) as exc:
+                self.detail = f"reconciliation pending: {exc}"
+                log.warning("start-up reconciliation failed; retrying", extra={"reason": str(exc)})
+                await asyncio.sleep(1.0)
+
+    async def sync_once(self, *, startup: bool = False) -> None:
+        for exchange, adapter in self.orders.exchanges.adapters.items():
+            poll = getattr(adapter, "poll", None)
+            if poll is not None:
+                await poll()
+            for order in await self.orders.db(self._unsettled, exchange):
+                await self._reconcile(order, startup=startup)
+
+    def _unsettled(self, exchange: str) -> list[Order]:
+        with self.orders.sessions() as session:
+            return list(repo.unsettled(session, exchange))
+
+    async def _reconcile(self, order: Order, *, startup: bool) -> None:
+        adapter = self.orders.exchanges.get(order.exchange)
+        age = time.time() - order.updated_at.timestamp()
+        if order.status in repo.UNSETTLED and not startup and age < self.unknown_grace / 4:
+            return  # possibly still in flight in a request
+        ex: ExchangeOrder | None
+        try:
+            if order.exchange_order_id:
+                ex = await adapter.fetch_order(order.exchange_order_id, order.symbol)
+            else:
+                ex = await adapter.fetch_order_by_client_id(order.client_order_id, order.symbol)
+        except OrderNotFound:
+            ex = None
+        if ex is not None:
+            await self.orders.db(self.orders.record, order.id, ex)
+        elif order.status in repo.UNSETTLED and (startup or age >= self.unknown_grace):
+            await self.orders.db(
+                self.orders._finish,
+                order.id,
+                "rejected",
+                "never reached the exchange (not found by client order id); not re-sent",
+                SERVICE,
+            )
+        self.orders.wake_relay()
+
+    # --- protective exits ------------------------------------------------------------------
+    async def check_exits(self) -> None:
+        """Close a position once when its stop-loss, take-profit or trailing stop is hit."""
+        for exchange in self.orders.exchanges.adapters:
+            rows = await self.orders.db(self._armed, exchange)
+            for pos in rows:
+                mark, _ = await self.orders.exchanges.mark(exchange, pos.symbol)
+                trigger = await self.orders.db(self._trail_and_test, exchange, pos.symbol, mark)
+                if trigger:
+                    await self.close(exchange, pos.symbol, f"{trigger} at {mark:.2f}", role=trigger)
+
+    def _armed(self, exchange: str) -> list[Position]:
+        with self.orders.sessions() as session:
+            return [
+                p
+                for p in repo.positions(session, exchange)
+                if p.stop_loss or p.take_profit or p.trailing_stop_pct
+            ]
+
+    def _trail_and_test(self, exchange: str, symbol: str, mark: Decimal) -> str | None:
+        with self.orders.sessions.begin() as session:
+            pos = repo.position(session, exchange, symbol)
+            long = pos.amount > 0
+            if pos.trailing_stop_pct is not None and pos.trail_extreme is not None:
+                better = mark > pos.trail_extreme if long else mark < pos.trail_extreme
+                if better:
+                    pos.trail_extreme = mark
+            hit = _triggered(pos, mark, long)
+            if hit:  # disarm in the same transaction: a second look finds nothing to fire
+                pos.stop_loss = pos.take_profit = pos.trailing_stop_pct = None
+                pos.trail_extreme = None
+                audit(
+                    session,
+                    "position.exit_triggered",
+                    SERVICE,
+                    f"{exchange}:{symbol}",
+                    trigger=hit,
+                    mark=str(mark),
+                )
+            return hit
+
+    # --- closing and the kill switch --------------------------------------------------------
+    async def close(
+        self, exchange: str, symbol: str | None, reason: str, role: str = "close"
+    ) -> list[Order]:
+        """Market orders that take positions to zero (reduce-only; no new risk)."""
+        closed = []
+        for pos in await self.orders.db(self.orders._positions, exchange):
+            if symbol is not None and pos.symbol != symbol:
+                continue
+            values = {
+                "client_order_id": f"{role[:8]}-{int(time.time() * 1000)}-{pos.symbol}"[:64],
+                "exchange": exchange,
+                "symbol": pos.symbol,
+                "side": "sell" if pos.amount > 0 else "buy",
+                "type": "market",
+                "amount": abs(pos.amount),
+                "reduce_only": True,
+                "role": role,
+                "requested_by": SERVICE,
+                "reason": reason,
+            }
+            order = await self.orders.db(self.orders._claim, values, SERVICE)
+            if order is not None:
+                closed.append(await self.orders.send(order))
+        return closed
+
+    async def cancel(self, order: Order) -> Order:
+        adapter = self.orders.exchanges.get(order.exchange)
+        if order.exchange_order_id is None:
+            return await self.orders.db(
+                self.orders._finish,
+                order.id,
+                "cancelled",
+                "cancelled before it reached the exchange",
+                SERVICE,
+            )
+        ex = await adapter.cancel_order(order.exchange_order_id, order.symbol)
+        return await self.orders.db(self.orders.record, order.id, ex)
+
+    async def cancel_all(self, exchange: str | None) -> tuple[list[Order], list[str]]:
+        cancelled, errors = [], []
+        for order in await self.orders.db(self._live, exchange):
+            try:
+                cancelled.append(await self.cancel(order))
+            except (ExchangeError, VolexError) as exc:
+                errors.append(f"order {order.id}: {exc}")
+        return cancelled, errors
+
+    def _live(self, exchange: str | None) -> list[Order]:
+        with self.orders.sessions() as session:
+            return list(repo.live(session, exchange))
+
+    async def apply(self, command: ApplyTradingState) -> ApplyTradingStateResult:
+        """HALTED: cancel every open order on every exchange; with flatten, close positions."""
+        if command.state != TradingState.HALTED:
+            return ApplyTradingStateResult(cancelled_orders=0, closed_positions=0)
+        async with self.kill_lock:
+            cancelled, errors = await self.cancel_all(None)
+            closed = 0
+            if command.flatten:
+                for exchange in self.orders.exchanges.adapters:
+                    try:
+                        closed += len(await self.close(exchange, None, command.reason, "flatten"))
+                    except (ExchangeError, VolexError) as exc:
+                        errors.append(f"flatten {exchange}: {exc}")
+        log.warning("kill switch applied", extra={"cancelled": len(cancelled), "closed": closed})
+        return ApplyTradingStateResult(
+            cancelled_orders=len(cancelled), closed_positions=closed, errors=errors
+        )
+
+    async def _apply_current_state(self) -> None:
+        state: dict[str, Any] = await self.orders.agents.risk.get("/state")
+        if state.get("state") == TradingState.HALTED:
+            await self.apply(ApplyTradingState.model_validate(state))
+
+    async def run(self, interval: float) -> None:
+        await self.startup()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.sync_once()
+                await self.check_exits()
+            except (VolexError, ExchangeError) as exc:
+                log.warning("sync failed", extra={"reason": str(exc)})
+            except Exception:
+                log.exception("sync crashed; continuing")
+
+
+def _triggered(pos: Position, mark: Decimal, long: bool) -> str | None:
+    if pos.amount == 0:
+        return None
+    if pos.stop_loss is not None and (mark <= pos.stop_loss if long else mark >= pos.stop_loss):
+        return "stop_loss"
+    if pos.take_profit is not None and (
+        mark >= pos.take_profit if long else mark <= pos.take_profit
+    ):
+        return "take_profit"
+    if pos.trailing_stop_pct is not None and pos.trail_extreme is not None:
+        distance = pos.trail_extreme * pos.trailing_stop_pct
+        if (
+            (mark <= pos.trail_extreme - distance)
+            if long
+            else (mark >= pos.trail_extreme + distance)
+        ):
+            return "trailing_stop"
+    return None

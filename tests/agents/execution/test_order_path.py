@@ -1,0 +1,238 @@
+"""The guarded order path over HTTP: execution → risk + compliance → sim → ledger."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import Stack
+
+
+def _cid(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def order(stack: Stack, **body: object) -> httpx.Response:
+    body.setdefault("symbol", "BTC/USDT")
+    body.setdefault("side", "buy")
+    body.setdefault("type", "market")
+    return httpx.post(
+        stack.url("execution") + "/orders", json=body, headers=stack.auth(), timeout=30
+    )
+
+
+def exchange_orders_with(stack: Stack, client_order_id: str) -> int:
+    """How many orders the sim exchange holds under this client id (its own state)."""
+    with stack.engine().connect() as conn:
+        ours = conn.execute(
+            text("SELECT count(*) FROM orders WHERE client_order_id = :c"), {"c": client_order_id}
+        ).scalar_one()
+    assert ours == 1
+    fills = stack.get("execution", "/orders/sim?limit=1000").json()
+    return sum(1 for o in fills if o["client_order_id"] == client_order_id)
+
+
+@pytest.fixture(autouse=True)
+def _active(stack: Stack) -> None:
+    state = stack.get("risk", "/state").json()
+    if state["state"] != "ACTIVE":
+        httpx.post(
+            stack.url("risk") + "/resume",
+            json={"reason": "test setup"},
+            headers=stack.auth(),
+            timeout=30,
+        )
+    httpx.delete(stack.url("execution") + "/exchanges/sim/faults", headers=stack.auth(), timeout=10)
+
+
+def test_market_buy_fills_and_opens_a_position(stack: Stack) -> None:
+    before = stack.get("execution", "/balance/sim").json()["balances"]["USDT"]["total"]
+    response = order(stack, amount="0.01", client_order_id=_cid())
+    assert response.status_code == 201, response.text
+    placed = response.json()
+    assert placed["status"] == "filled" and Decimal(placed["filled"]) == Decimal("0.01")
+    assert Decimal(placed["average_price"]) > 0 and Decimal(placed["fee"]) > 0
+    after = stack.get("execution", "/balance/sim").json()["balances"]["USDT"]["total"]
+    spent = Decimal(before) - Decimal(after)
+    cost = Decimal(placed["average_price"]) * Decimal("0.01") + Decimal(placed["fee"])
+    assert abs(spent - cost) < Decimal("0.0001")
+    positions = {p["symbol"]: p for p in stack.get("execution", "/positions/sim").json()}
+    assert Decimal(positions["BTC/USDT"]["amount"]) >= Decimal("0.01")
+
+
+def test_twenty_concurrent_requests_with_one_client_id_make_one_order(stack: Stack) -> None:
+    cid = _cid("dup")
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(
+            pool.map(lambda _: order(stack, amount="0.001", client_order_id=cid), range(20))
+        )
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(201) == 1 and codes.count(200) == 19, codes
+    assert len({r.json()["id"] for r in responses}) == 1
+    with stack.engine().connect() as conn:
+        fills = conn.execute(
+            text(
+                "SELECT count(*) FROM fills f JOIN orders o ON o.id = f.order_id"
+                " WHERE o.client_order_id = :c"
+            ),
+            {"c": cid},
+        ).scalar_one()
+    assert fills >= 1
+    trades = stack.get("execution", "/orders/sim?limit=1000").json()
+    assert [o["client_order_id"] for o in trades].count(cid) == 1
+
+
+def test_same_client_id_for_a_different_order_is_a_conflict(stack: Stack) -> None:
+    cid = _cid()
+    assert order(stack, amount="0.001", client_order_id=cid).status_code == 201
+    clash = order(stack, amount="0.001", client_order_id=cid, symbol="ETH/USDT")
+    assert clash.status_code == 409 and cid in clash.json()["detail"]
+
+
+def test_timeout_after_accept_is_reconciled_without_a_second_create(stack: Stack) -> None:
+    httpx.post(
+        stack.url("execution") + "/exchanges/sim/faults",
+        json={"kind": "timeout_after_accept"},
+        headers=stack.auth(),
+        timeout=10,
+    )
+    cid = _cid("tmo")
+    response = order(stack, amount="0.001", client_order_id=cid)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "unknown"
+    oid = response.json()["id"]
+
+    def settled() -> dict[str, object] | None:
+        o = stack.get("execution", f"/orders/sim/{oid}").json()
+        return o if o["status"] == "filled" else None
+
+    final = stack.wait_for(settled, timeout=30, what="the unknown order to be reconciled")
+    assert Decimal(str(final["filled"])) == Decimal("0.001")
+    again = order(stack, amount="0.001", client_order_id=cid)
+    assert again.status_code == 200 and again.json()["id"] == oid
+
+
+def test_killed_between_accept_and_record_recovers_exactly_once(stack: Stack) -> None:
+    httpx.post(
+        stack.url("execution") + "/exchanges/sim/faults",
+        json={"kind": "hang_after_accept"},
+        headers=stack.auth(),
+        timeout=10,
+    )
+    cid = _cid("kill")
+    pid = stack.get("execution", "/info").json()["pid"]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(order, stack, amount="0.002", client_order_id=cid)
+
+        def accepted() -> bool:
+            with stack.engine().connect() as conn:
+                status = conn.execute(
+                    text("SELECT status FROM orders WHERE client_order_id=:c"), {"c": cid}
+                ).scalar_one_or_none()
+            return status == "pending"
+
+        stack.wait_for(accepted, timeout=30, what="the order to be claimed")
+        import time
+
+        time.sleep(1.0)  # the sim has accepted and is now "hanging" before answering
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(httpx.HTTPError):
+            pending.result(timeout=30)
+    stack.wait_for(
+        lambda: stack.healthy("execution"), timeout=90, what="execution back and reconciled"
+    )
+    with stack.engine().connect() as conn:
+        rows = conn.execute(
+            text("SELECT id, status, filled FROM orders WHERE client_order_id = :c"), {"c": cid}
+        ).all()
+        assert len(rows) == 1 and rows[0].status == "filled"
+        assert rows[0].filled == Decimal("0.002")
+        fills = conn.execute(
+            text("SELECT sum(amount) FROM fills WHERE order_id = :i"), {"i": rows[0].id}
+        ).scalar_one()
+    assert fills == Decimal("0.002")
+
+
+@pytest.mark.parametrize("agent", ["risk", "compliance"])
+def test_order_refused_with_503_when_a_guard_is_down(stack: Stack, agent: str) -> None:
+    stack.volex("stop", agent)
+    try:
+        response = order(stack, amount="0.001", client_order_id=_cid())
+        assert response.status_code == 503
+        assert agent in response.json()["detail"]
+    finally:
+        stack.volex("start", agent)
+        stack.wait_for(lambda: stack.healthy(agent), timeout=60, what=f"{agent} back")
+
+
+def test_halt_with_flatten_then_restart_then_resume(stack: Stack) -> None:
+    assert order(stack, amount="0.003", client_order_id=_cid()).status_code == 201
+    resting = order(stack, type="limit", amount="0.001", price="1000", client_order_id=_cid())
+    assert resting.status_code == 201 and resting.json()["status"] == "open"
+    halt = httpx.post(
+        stack.url("risk") + "/halt",
+        json={"reason": "drill", "flatten": True},
+        headers=stack.auth(),
+        timeout=60,
+    )
+    assert halt.status_code == 200, halt.text
+    try:
+
+        def flat() -> bool:
+            live = [
+                o
+                for o in stack.get("execution", "/orders/sim?limit=1000").json()
+                if o["status"] in ("open", "partially_filled")
+            ]
+            return not live and not stack.get("execution", "/positions/sim").json()
+
+        stack.wait_for(flat, timeout=30, what="zero open orders and zero positions")
+        refused = order(stack, amount="0.001", client_order_id=_cid())
+        assert refused.status_code == 409 and "drill" in refused.json()["detail"]
+        for name in ("risk", "execution"):
+            stack.volex("restart", name)
+        stack.wait_for(stack.all_healthy, timeout=90, what="fleet back after restarts")
+        assert stack.get("risk", "/state").json()["state"] == "HALTED"
+        assert order(stack, amount="0.001", client_order_id=_cid()).status_code == 409
+    finally:
+        httpx.post(
+            stack.url("risk") + "/resume",
+            json={"reason": "drill over"},
+            headers=stack.auth(),
+            timeout=30,
+        )
+    assert order(stack, amount="0.001", client_order_id=_cid()).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"amount": "NaN"}, "amount"),
+        ({"amount": "Infinity"}, "amount"),
+        ({"amount": "0"}, "amount"),
+        ({"amount": "-1"}, "amount"),
+        ({"amount": "0.01", "quote_amount": "10"}, "quote_amount"),
+        ({"amount": "0.01", "type": "limit"}, "price"),
+        ({"amount": "0.01", "symbol": "btcusdt"}, "symbol"),
+        ({"amount": "0.01", "side": "hold"}, "side"),
+        ({"amount": "0.01", "exchange": "Bad Exchange"}, "exchange"),
+    ],
+)
+def test_bad_orders_get_422_naming_the_field(
+    stack: Stack, body: dict[str, object], field: str
+) -> None:
+    response = order(stack, **body)
+    assert response.status_code == 422, response.text
+    assert field in response.json()["detail"]
+
+
+def test_unknown_symbol_and_exchange(stack: Stack) -> None:
+    assert order(stack, amount="1", symbol="DOGE/EUR").status_code == 422
+    assert order(stack, amount="1", exchange="nosuch").status_code == 404
