@@ -3,7 +3,8 @@
 Events are sent oldest first. While compliance is down, answers 404 (not deployed
 yet) or refuses our token, the flusher stops at the first failure and retries the
 same event with a growing pause (up to MAX_BACKOFF_S), so the log keeps its order
-and nothing is lost. An event compliance rejects as invalid (400/409/422) is set
+and nothing is lost. Each event carries `event_id` (to drop a redelivery) and
+`occurred_at` (it may arrive late) in its data. An event compliance rejects as invalid (400/409/422) is set
 aside for REJECTED_RETRY_S so it cannot block the ones behind it; it is retried too.
 """
 
@@ -51,7 +52,11 @@ def _load_pending(kit: Kit) -> list[_Pending]:
                     kind=row.kind,
                     actor=row.actor,
                     subject=row.subject,
-                    data={**row.data, "event_id": row.event_id},
+                    data={
+                        **row.data,
+                        "event_id": row.event_id,
+                        "occurred_at": row.created_at.isoformat(),
+                    },
                 ).model_dump(mode="json"),
             )
             for row in repo.pending_audit(session, BATCH)
