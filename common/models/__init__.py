@@ -3,6 +3,29 @@
 from common.models.base import Base
 from common.models.execution import Fill, Order, Position
 from common.models.outbox import OutboxEvent
+from common.models.risk import (
+    RiskAuditOutbox,
+    RiskCheck,
+    RiskEquityPeak,
+    RiskEquitySnapshot,
+    RiskLimits,
+    RiskTradingState,
+    RiskTradingStateChange,
+)
 from common.models.supervisor import SupervisorEvent
 
-__all__ = ["Base", "Fill", "Order", "OutboxEvent", "Position", "SupervisorEvent"]
+__all__ = [
+    "Base",
+    "Fill",
+    "Order",
+    "OutboxEvent",
+    "Position",
+    "RiskAuditOutbox",
+    "RiskCheck",
+    "RiskEquityPeak",
+    "RiskEquitySnapshot",
+    "RiskLimits",
+    "RiskTradingState",
+    "RiskTradingStateChange",
+    "SupervisorEvent",
+]

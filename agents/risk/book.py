@@ -1,0 +1,103 @@
+"""The book before and after an order: positions, exposure, money at risk, drawdown.
+
+Pure Decimal arithmetic shared by the pre-trade rules and the services. Callers that
+multiply amounts by prices run under PRECISION: amounts and prices reach 1e15 with
+18 decimals, more digits than Decimal's default 28.
+"""
+
+from __future__ import annotations
+
+from decimal import Context, Decimal, localcontext
+
+from agents.risk.schemas import Limits
+from common.contracts import OrderSide, OrderType, PortfolioView, PositionView, PreTradeRequest
+
+PRECISION = Context(prec=100)
+ZERO = Decimal(0)
+
+
+def order_price(req: PreTradeRequest) -> Decimal | None:
+    """The price the order is valued at: its own price, or the reference for market orders."""
+    if req.type is not OrderType.market and req.price is not None:
+        return req.price
+    return req.reference_price
+
+
+def signed_amount(req: PreTradeRequest) -> Decimal:
+    return req.amount if req.side is OrderSide.buy else -req.amount
+
+
+def _same_market(req: PreTradeRequest, position: PositionView) -> bool:
+    return position.exchange == req.exchange and position.symbol == req.symbol
+
+
+def current_position(req: PreTradeRequest) -> Decimal:
+    """The signed position in the order's exchange and symbol before the order."""
+    return sum((p.amount for p in req.portfolio.positions if _same_market(req, p)), ZERO)
+
+
+def resulting_position(req: PreTradeRequest) -> Decimal:
+    return current_position(req) + signed_amount(req)
+
+
+def shrinks_position(req: PreTradeRequest) -> bool:
+    """True when the order makes the position smaller without opening the other side."""
+    before = current_position(req)
+    after = before + signed_amount(req)
+    same_side = after == 0 or (after > 0) == (before > 0)
+    return before != 0 and same_side and abs(after) < abs(before)
+
+
+def unrealized_pnl(portfolio: PortfolioView) -> Decimal:
+    return sum((p.amount * (p.mark_price - p.entry_price) for p in portfolio.positions), ZERO)
+
+
+def drawdown(equity: Decimal, peak_before: Decimal) -> tuple[Decimal, Decimal]:
+    """(peak including this equity, drawdown from that peak as a fraction)."""
+    peak = max(peak_before, equity)
+    if peak <= 0:
+        return peak, ZERO
+    return peak, (peak - equity) / peak
+
+
+def position_risk(position: PositionView, default_stop_pct: Decimal) -> Decimal:
+    """Money lost if the position's stop is hit; without a stop, default_stop_pct of notional."""
+    if position.stop_loss is None:
+        return abs(position.amount) * position.mark_price * default_stop_pct
+    return abs(position.amount) * abs(position.entry_price - position.stop_loss)
+
+
+def heat_after(req: PreTradeRequest, price: Decimal, limits: Limits) -> Decimal:
+    """Money at risk to stops over the whole book once the order is filled at `price`."""
+    stop_pct = limits.default_stop_pct
+    others = sum(
+        (position_risk(p, stop_pct) for p in req.portfolio.positions if not _same_market(req, p)),
+        ZERO,
+    )
+    mine = sum(
+        (position_risk(p, stop_pct) for p in req.portfolio.positions if _same_market(req, p)),
+        ZERO,
+    )
+    before, after = current_position(req), resulting_position(req)
+    distance = abs(price - req.stop_loss) if req.stop_loss is not None else price * stop_pct
+    if shrinks_position(req):
+        mine = mine * abs(after) / abs(before)
+    elif before == 0 or (after > 0) == (before > 0):
+        mine += req.amount * distance
+    else:  # flipped: the old side is gone, the new side is at risk to the order's stop
+        mine = abs(after) * distance
+    return others + mine
+
+
+def gross_after(req: PreTradeRequest, price: Decimal) -> Decimal:
+    """Sum of |notional| over the book once the order is filled at `price`."""
+    others = sum(
+        (abs(p.amount * p.mark_price) for p in req.portfolio.positions if not _same_market(req, p)),
+        ZERO,
+    )
+    return others + abs(resulting_position(req)) * price
+
+
+def is_multiple(value: Decimal, step: Decimal) -> bool:
+    with localcontext(PRECISION):
+        return value % step == 0

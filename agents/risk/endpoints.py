@@ -1,0 +1,176 @@
+"""Risk's routes: validate, call the service, return a schema."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Body, Path, Query
+
+from agents.risk import kill_switch, service
+from agents.risk.schemas import (
+    Drawdown,
+    Exposure,
+    HaltRequest,
+    Limits,
+    LimitsView,
+    PeakResetRequest,
+    PositionSize,
+    ReasonRequest,
+    SizingRequest,
+    SnapshotIn,
+    SnapshotOut,
+    StateChange,
+    StateHistoryEntry,
+    StoredCheck,
+    ValueAtRisk,
+    VarMethod,
+)
+from common.auth import CallerDep
+from common.contracts import CheckDecision, PreTradeRequest, TradingState, TradingStateView
+from common.db import SessionDep
+from common.errors import Problem
+from common.service import KitDep
+
+router = APIRouter()
+FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: {"model": Problem, "description": "the operator token is required"}
+}
+TOO_FEW: dict[int | str, dict[str, Any]] = {
+    409: {"model": Problem, "description": "not enough snapshots"}
+}
+Since = Annotated[datetime | None, Query(description="only snapshots taken at or after")]
+Until = Annotated[datetime | None, Query(description="only snapshots taken at or before")]
+
+
+# --- trading state -------------------------------------------------------------------------
+@router.get("/state", tags=["trading state"])
+def get_state(session: SessionDep) -> TradingStateView:
+    """The current trading state: ACTIVE, REDUCING or HALTED."""
+    return service.current_state(session)
+
+
+@router.get("/state/history", tags=["trading state"])
+def get_state_history(
+    session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+) -> list[StateHistoryEntry]:
+    """Past trading-state changes, newest first."""
+    return service.state_history(session, limit)
+
+
+@router.post("/halt", tags=["trading state"])
+async def halt(body: HaltRequest, caller: CallerDep, kit: KitDep) -> StateChange:
+    """Stop trading: execution cancels open orders (and with flatten closes positions)."""
+    return await kill_switch.change_state(
+        kit, TradingState.HALTED, body.reason, caller.name, flatten=body.flatten
+    )
+
+
+@router.post("/reduce", tags=["trading state"])
+async def reduce(body: ReasonRequest, caller: CallerDep, kit: KitDep) -> StateChange:
+    """Allow only orders that shrink a position."""
+    return await kill_switch.change_state(kit, TradingState.REDUCING, body.reason, caller.name)
+
+
+@router.post("/resume", tags=["trading state"], responses=FORBIDDEN)
+async def resume(body: ReasonRequest, caller: CallerDep, kit: KitDep) -> StateChange:
+    """Trade again (operator only)."""
+    service.require_operator(caller, "resume trading")
+    return await kill_switch.change_state(kit, TradingState.ACTIVE, body.reason, caller.name)
+
+
+# --- pre-trade checks ----------------------------------------------------------------------
+@router.post("/checks/pre-trade", tags=["checks"])
+def pre_trade(
+    body: PreTradeRequest,
+    session: SessionDep,
+    caller: CallerDep,
+    kit: KitDep,
+    background: BackgroundTasks,
+) -> CheckDecision:
+    """Approve or reject one order; every rule's result is in `checks`."""
+    outcome = service.pre_trade(session, body, caller.name, kit.name)
+    if outcome.halted is not None:
+        background.add_task(kill_switch.propagate, kit, outcome.halted)
+    return outcome.decision
+
+
+@router.get("/checks/{client_order_id}", tags=["checks"])
+def get_checks(
+    session: SessionDep, client_order_id: Annotated[str, Path(max_length=64)]
+) -> list[StoredCheck]:
+    """The decisions taken for one client order id, newest first."""
+    return service.stored_checks(session, client_order_id)
+
+
+# --- limits and sizing ---------------------------------------------------------------------
+@router.get("/limits", tags=["limits"])
+def get_limits(session: SessionDep) -> LimitsView:
+    """The risk limits in force."""
+    return service.current_limits(session)
+
+
+@router.put("/limits", tags=["limits"], responses=FORBIDDEN)
+def put_limits(body: Limits, session: SessionDep, caller: CallerDep) -> LimitsView:
+    """Change the limits you send; the others keep their values (operator only)."""
+    return service.change_limits(session, body, caller)
+
+
+@router.post("/position-size", tags=["limits"])
+def position_size(body: Annotated[SizingRequest, Body()], session: SessionDep) -> PositionSize:
+    """How much to trade: fixed_fractional, kelly or atr sizing, capped by the limits."""
+    return service.position_size(session, body)
+
+
+# --- portfolio -----------------------------------------------------------------------------
+@router.post("/portfolio/snapshots", tags=["portfolio"], status_code=201)
+def post_snapshot(
+    body: SnapshotIn, session: SessionDep, kit: KitDep, background: BackgroundTasks
+) -> SnapshotOut:
+    """Record execution's portfolio; a drawdown past the limit HALTs trading."""
+    out, halted = service.record_snapshot(session, body, kit.name)
+    if halted is not None:
+        background.add_task(kill_switch.propagate, kit, halted)
+    return out
+
+
+@router.get("/exposure", tags=["portfolio"])
+def get_exposure(session: SessionDep) -> Exposure:
+    """Per-symbol, gross and net exposure from the latest snapshot."""
+    return service.exposure(session)
+
+
+@router.get("/drawdown", tags=["portfolio"])
+def get_drawdown(session: SessionDep, since: Since = None, until: Until = None) -> Drawdown:
+    """Current drawdown from the peak, and the worst drawdown in the snapshots."""
+    return service.drawdown(session, since, until)
+
+
+@router.post("/drawdown/reset", tags=["portfolio"], responses=FORBIDDEN)
+def reset_drawdown(body: PeakResetRequest, session: SessionDep, caller: CallerDep) -> Drawdown:
+    """Re-base the drawdown breaker's peak (operator only)."""
+    return service.reset_peak(session, body, caller)
+
+
+@router.get("/var", tags=["portfolio"], responses=TOO_FEW)
+def get_var(
+    session: SessionDep,
+    confidence: Annotated[float, Query(gt=0.5, lt=1)] = 0.95,
+    method: VarMethod = VarMethod.historical,
+    horizon_days: Annotated[float, Query(gt=0, le=365)] = 1.0,
+    since: Since = None,
+    until: Until = None,
+    simulations: Annotated[int, Query(ge=100, le=100_000)] = 10_000,
+    seed: Annotated[int | None, Query(ge=0)] = None,
+) -> ValueAtRisk:
+    """Value at Risk and CVaR of equity from snapshot returns."""
+    return service.value_at_risk(
+        session,
+        method=method,
+        confidence=confidence,
+        horizon_days=horizon_days,
+        since=since,
+        until=until,
+        simulations=simulations,
+        seed=seed,
+    )

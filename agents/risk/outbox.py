@@ -1,0 +1,119 @@
+"""Delivers the audit outbox to compliance (`POST /audit/events`) in the background.
+
+Events are sent oldest first. While compliance is down, answers 404 (not deployed
+yet) or refuses our token, the flusher stops at the first failure and retries the
+same event with a growing pause (up to MAX_BACKOFF_S), so the log keeps its order
+and nothing is lost. Each event carries `event_id` (to drop a redelivery) and
+`occurred_at` (it may arrive late) in its data. An event compliance rejects as invalid (400/409/422) is set
+aside for REJECTED_RETRY_S so it cannot block the ones behind it; it is retried too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
+
+from agents.risk import repository as repo
+from common.contracts import AuditEventIn
+from common.errors import VolexError
+from common.service import Kit
+
+log = logging.getLogger(__name__)
+
+AUDIT_PATH = "/audit/events"
+IDLE_S = 1.0
+MAX_BACKOFF_S = 15.0
+REJECTED_RETRY_S = 300.0
+BATCH = 100
+SEND_TIMEOUT_S = 5.0
+REJECTED = frozenset({400, 409, 422})
+
+
+@dataclass(frozen=True)
+class _Pending:
+    id: int
+    body: dict[str, Any]
+
+
+def _load_pending(kit: Kit) -> list[_Pending]:
+    assert kit.session_factory is not None
+    with kit.session_factory.begin() as session:
+        return [
+            _Pending(
+                row.id,
+                AuditEventIn(
+                    kind=row.kind,
+                    actor=row.actor,
+                    subject=row.subject,
+                    data={
+                        **row.data,
+                        "event_id": row.event_id,
+                        "occurred_at": row.created_at.isoformat(),
+                    },
+                ).model_dump(mode="json"),
+            )
+            for row in repo.pending_audit(session, BATCH)
+        ]
+
+
+def _delivered(kit: Kit, event_id: int) -> None:
+    assert kit.session_factory is not None
+    with kit.session_factory.begin() as session:
+        repo.mark_delivered(session, event_id)
+
+
+def _failed(kit: Kit, event_id: int, error: str, retry_after_s: float) -> None:
+    assert kit.session_factory is not None
+    with kit.session_factory.begin() as session:
+        repo.mark_failed(session, event_id, error, retry_after_s)
+
+
+async def flush(kit: Kit) -> bool:
+    """Send what is pending; False when compliance could not take it and we should back off."""
+    if kit.agents is None or kit.session_factory is None:
+        return False
+    for event in await asyncio.to_thread(_load_pending, kit):
+        try:
+            await kit.agents.compliance.post(AUDIT_PATH, json=event.body, timeout=SEND_TIMEOUT_S)
+        except VolexError as exc:
+            rejected = exc.status_code in REJECTED
+            await asyncio.to_thread(
+                _failed, kit, event.id, exc.message, REJECTED_RETRY_S if rejected else 0.0
+            )
+            if not rejected:
+                return False
+            log.warning("compliance rejected an audit event", extra={"reason": exc.message})
+            continue
+        await asyncio.to_thread(_delivered, kit, event.id)
+    return True
+
+
+async def run(kit: Kit) -> None:
+    """Flush forever: every IDLE_S when all is well, backing off while compliance is away."""
+    failures = 0
+    while True:
+        await asyncio.sleep(min(MAX_BACKOFF_S, IDLE_S * 2 ** min(failures, 8)))
+        try:
+            ok = await flush(kit)
+        except SQLAlchemyError as exc:
+            log.warning("audit outbox: database unavailable", extra={"reason": repr(exc)[:200]})
+            ok = False
+        except Exception:  # keep delivering whatever went wrong with one round
+            log.exception("audit outbox: flush failed")
+            ok = False
+        failures = 0 if ok else failures + 1
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Risk's own background work, started after the kit has opened the database and clients."""
+    kit: Kit = app.state.kit
+    kit.background.append(asyncio.create_task(run(kit), name="risk-audit-outbox"))
+    yield

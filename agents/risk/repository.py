@@ -1,0 +1,268 @@
+"""All of risk's SQL. Functions take the caller's session and never commit."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from agents.risk.rules import RecentOrder
+from common.contracts import CheckResult, PreTradeRequest
+from common.models.risk import (
+    RiskAuditOutbox,
+    RiskCheck,
+    RiskEquityPeak,
+    RiskEquitySnapshot,
+    RiskLimits,
+    RiskTradingState,
+    RiskTradingStateChange,
+)
+
+SINGLETON = 1
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock, so every time risk compares comes from one source."""
+    now: datetime = session.execute(select(func.clock_timestamp())).scalar_one()
+    return now
+
+
+# --- trading state -----------------------------------------------------------------------
+def lock_state(session: Session) -> RiskTradingState:
+    """The current state, locked until commit: checks and state changes go one at a time."""
+    query = select(RiskTradingState).where(RiskTradingState.id == SINGLETON).with_for_update()
+    return session.execute(query).scalar_one()
+
+
+def get_state(session: Session) -> RiskTradingState:
+    return session.execute(
+        select(RiskTradingState).where(RiskTradingState.id == SINGLETON)
+    ).scalar_one()
+
+
+def set_state(
+    session: Session,
+    row: RiskTradingState,
+    *,
+    state: str,
+    reason: str,
+    changed_by: str,
+    flatten: bool,
+) -> RiskTradingStateChange:
+    now = db_now(session)
+    change = RiskTradingStateChange(
+        changed_at=now,
+        previous_state=row.state,
+        state=state,
+        reason=reason,
+        changed_by=changed_by,
+        flatten=flatten,
+    )
+    row.state, row.reason, row.changed_by = state, reason, changed_by
+    row.changed_at, row.flatten = now, flatten
+    session.add(change)
+    session.flush()
+    return change
+
+
+def state_history(session: Session, limit: int) -> Sequence[RiskTradingStateChange]:
+    query = select(RiskTradingStateChange).order_by(RiskTradingStateChange.id.desc()).limit(limit)
+    return session.execute(query).scalars().all()
+
+
+# --- limits --------------------------------------------------------------------------------
+def load_limits(session: Session) -> RiskLimits | None:
+    return session.get(RiskLimits, SINGLETON)
+
+
+def save_limits(session: Session, values: dict[str, Any], updated_by: str) -> RiskLimits:
+    now = db_now(session)  # before adding a row: the query would flush it half-filled
+    row = session.get(RiskLimits, SINGLETON, with_for_update=True)
+    if row is None:
+        row = RiskLimits(id=SINGLETON)
+        session.add(row)
+    for name, value in values.items():
+        setattr(row, name, value)
+    row.updated_by, row.updated_at = updated_by, now
+    session.flush()
+    return row
+
+
+# --- equity peak ---------------------------------------------------------------------------
+def get_peak(session: Session) -> RiskEquityPeak:
+    return session.execute(
+        select(RiskEquityPeak).where(RiskEquityPeak.id == SINGLETON)
+    ).scalar_one()
+
+
+def record_equity(session: Session, equity: Decimal) -> Decimal:
+    """Remember `equity` as the last seen and raise the peak to it; returns the peak before."""
+    row = session.get(RiskEquityPeak, SINGLETON, with_for_update=True)
+    assert row is not None, "risk_equity_peak is seeded by the risk_0001 migration"
+    before = row.peak_equity
+    now = db_now(session)
+    if equity > before:
+        row.peak_equity, row.peak_at = equity, now
+    row.last_equity, row.updated_at = equity, now
+    return before
+
+
+def reset_peak(session: Session, peak: Decimal) -> tuple[Decimal, Decimal]:
+    """Set the peak to `peak`; returns (old peak, new peak)."""
+    row = session.get(RiskEquityPeak, SINGLETON, with_for_update=True)
+    assert row is not None, "risk_equity_peak is seeded by the risk_0001 migration"
+    old = row.peak_equity
+    now = db_now(session)
+    row.peak_equity, row.peak_at, row.updated_at = peak, now, now
+    return old, peak
+
+
+# --- check decisions -----------------------------------------------------------------------
+def recent_approved(session: Session, now: datetime, seconds: int) -> list[RecentOrder]:
+    query = select(RiskCheck).where(
+        RiskCheck.approved.is_(True), RiskCheck.checked_at > now - timedelta(seconds=seconds)
+    )
+    return [
+        RecentOrder(
+            client_order_id=row.client_order_id,
+            exchange=row.exchange,
+            symbol=row.symbol,
+            side=row.side,
+            amount=row.amount,
+            price=row.price,
+            age_s=max(0.0, (now - row.checked_at).total_seconds()),
+        )
+        for row in session.execute(query).scalars()
+    ]
+
+
+def insert_check(
+    session: Session,
+    req: PreTradeRequest,
+    *,
+    checked_at: datetime,
+    approved: bool,
+    state: str,
+    checks: list[CheckResult],
+    requested_by: str,
+) -> None:
+    session.add(
+        RiskCheck(
+            checked_at=checked_at,
+            client_order_id=req.client_order_id,
+            exchange=req.exchange,
+            symbol=req.symbol,
+            side=req.side.value,
+            type=req.type.value,
+            amount=req.amount,
+            price=req.price,
+            reduce_only=req.reduce_only,
+            approved=approved,
+            state=state,
+            checks=[c.model_dump() for c in checks],
+            requested_by=requested_by,
+        )
+    )
+
+
+def checks_for(session: Session, client_order_id: str) -> Sequence[RiskCheck]:
+    query = (
+        select(RiskCheck)
+        .where(RiskCheck.client_order_id == client_order_id)
+        .order_by(RiskCheck.id.desc())
+        .limit(100)
+    )
+    return session.execute(query).scalars().all()
+
+
+# --- equity snapshots ----------------------------------------------------------------------
+def latest_snapshot(session: Session) -> RiskEquitySnapshot | None:
+    query = select(RiskEquitySnapshot).order_by(RiskEquitySnapshot.taken_at.desc()).limit(1)
+    return session.execute(query).scalars().first()
+
+
+def insert_snapshot(session: Session, snapshot: RiskEquitySnapshot) -> None:
+    session.add(snapshot)
+    session.flush()
+
+
+@dataclass(frozen=True)
+class EquityPoint:
+    taken_at: datetime
+    equity: Decimal
+
+
+def equity_series(
+    session: Session, since: datetime | None, until: datetime | None, limit: int
+) -> list[EquityPoint]:
+    """The newest `limit` equity values in [since, until], oldest first."""
+    query = select(RiskEquitySnapshot.taken_at, RiskEquitySnapshot.equity)
+    if since is not None:
+        query = query.where(RiskEquitySnapshot.taken_at >= since)
+    if until is not None:
+        query = query.where(RiskEquitySnapshot.taken_at <= until)
+    query = query.order_by(RiskEquitySnapshot.taken_at.desc()).limit(limit)
+    points = [EquityPoint(taken_at, equity) for taken_at, equity in session.execute(query)]
+    points.reverse()
+    return points
+
+
+# --- audit outbox --------------------------------------------------------------------------
+def enqueue_audit(
+    session: Session, kind: str, actor: str, subject: str | None, data: dict[str, Any]
+) -> None:
+    """Write an audit event next to the change it describes; the outbox flusher sends it."""
+    session.add(
+        RiskAuditOutbox(
+            event_id=str(uuid.uuid4()),
+            kind=kind,
+            actor=actor,
+            subject=subject,
+            data=data,
+            attempts=0,
+        )
+    )
+
+
+def pending_audit(session: Session, limit: int) -> Sequence[RiskAuditOutbox]:
+    query = (
+        select(RiskAuditOutbox)
+        .where(
+            RiskAuditOutbox.delivered_at.is_(None),
+            RiskAuditOutbox.next_attempt_at <= func.now(),
+        )
+        .order_by(RiskAuditOutbox.id)
+        .limit(limit)
+    )
+    return session.execute(query).scalars().all()
+
+
+def mark_delivered(session: Session, event_id: int) -> None:
+    session.execute(
+        update(RiskAuditOutbox)
+        .where(RiskAuditOutbox.id == event_id)
+        .values(
+            delivered_at=func.now(),
+            last_attempt_at=func.now(),
+            attempts=RiskAuditOutbox.attempts + 1,
+        )
+    )
+
+
+def mark_failed(session: Session, event_id: int, error: str, retry_after_s: float) -> None:
+    session.execute(
+        update(RiskAuditOutbox)
+        .where(RiskAuditOutbox.id == event_id)
+        .values(
+            attempts=RiskAuditOutbox.attempts + 1,
+            last_error=error[:1000],
+            last_attempt_at=func.now(),
+            next_attempt_at=func.now() + timedelta(seconds=retry_after_s),
+        )
+    )

@@ -1,0 +1,171 @@
+"""Fixtures for the risk agent's tests: a client for the real service and a known baseline.
+
+Tests share one fleet, so `baseline` puts risk back to a known place before each test:
+default limits (but a rate limit high enough for a whole test session and the
+duplicate check off), the equity
+peak at 100000 (the equity of `Risk.order()`), and trading ACTIVE before and after.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from common.auth import api_token_path
+from tests.conftest import Stack
+
+EQUITY = Decimal(100000)
+BASELINE_LIMITS: dict[str, Any] = {
+    "max_order_notional": "10000",
+    "max_position_pct": "0.25",
+    "max_gross_exposure_pct": "1.0",
+    "max_heat_pct": "0.06",
+    "default_stop_pct": "0.05",
+    "daily_loss_limit": "500",
+    "max_drawdown_pct": "0.2",
+    "max_orders_per_minute": 100_000,
+    "duplicate_window_s": 0,  # on only where tested: fixed amounts recur across tests
+    "price_collar_pct": "0.05",
+    "max_reference_age_ms": 5000,
+}
+_amounts = itertools.count(1)
+
+
+class Risk:
+    """The risk service over HTTP, plus a look into its tables."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.url = stack.url("risk")
+        self._service_token: str | None = None
+
+    def request(
+        self, method: str, path: str, *, token: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        headers = self.stack.auth(token)
+        return httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, json=body, **kwargs)
+
+    def put(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+        return self.request("PUT", path, json=body, **kwargs)
+
+    def ok(self, response: httpx.Response, status: int = 200) -> Any:
+        assert response.status_code == status, response.text
+        return response.json()
+
+    @property
+    def service_token(self) -> str:
+        """Execution's token: a service, not the operator."""
+        if self._service_token is None:
+            secret = self.stack.admin_vault().secrets.kv.v2.read_secret_version(
+                path=api_token_path("execution"),
+                mount_point="secret",
+                raise_on_deleted_version=True,
+            )
+            self._service_token = str(secret["data"]["data"]["token"])
+        return self._service_token
+
+    # --- the trading state ---------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.ok(self.get("/state"))
+        return body
+
+    def halt(self, reason: str = "test halt", flatten: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = self.ok(self.post("/halt", {"reason": reason, "flatten": flatten}))
+        return body
+
+    def resume(self, reason: str = "test resume") -> dict[str, Any]:
+        body: dict[str, Any] = self.ok(self.post("/resume", {"reason": reason}))
+        return body
+
+    # --- orders ---------------------------------------------------------------------------
+    def order(self, **overrides: Any) -> dict[str, Any]:
+        """A limit buy that passes every rule; each call has its own id and amount."""
+        amount = Decimal("0.05") + Decimal(next(_amounts) % 1000) * Decimal("0.00001")
+        order: dict[str, Any] = {
+            "client_order_id": uuid.uuid4().hex,
+            "exchange": "sim",
+            "symbol": "BTC/USDT",
+            "side": "buy",
+            "type": "limit",
+            "amount": str(amount),
+            "price": "50000",
+            "stop_loss": "49000",
+            "reference_price": "50010",
+            "reference_age_ms": 100,
+            "market": {
+                "amount_step": "0.00001",
+                "price_step": "0.01",
+                "min_amount": "0.001",
+                "min_notional": "10",
+            },
+            "portfolio": {"equity": str(EQUITY), "cash": str(EQUITY), "positions": []},
+        }
+        for key, value in overrides.items():
+            if key in ("market", "portfolio"):
+                order[key] = {**order[key], **value}
+            else:
+                order[key] = value
+        return order
+
+    def check(self, order: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        body: dict[str, Any] = self.ok(self.post("/checks/pre-trade", order, **kwargs))
+        return body
+
+    # --- tables ---------------------------------------------------------------------------
+    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        engine = self.stack.engine()
+        try:
+            with engine.connect() as conn:
+                return [dict(row._mapping) for row in conn.execute(text(sql), params)]
+        finally:
+            engine.dispose()
+
+    def outbox_after(self, last_id: int, kind: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM risk_audit_outbox WHERE id > :last_id"
+        if kind is not None:
+            sql += " AND kind = :kind"
+        return self.rows(sql + " ORDER BY id", last_id=last_id, kind=kind)
+
+    def outbox_mark(self) -> int:
+        return int(self.rows("SELECT coalesce(max(id), 0) AS id FROM risk_audit_outbox")[0]["id"])
+
+
+def failed(decision: dict[str, Any]) -> set[str]:
+    return {c["rule"] for c in decision["checks"] if not c["passed"]}
+
+
+def detail(decision: dict[str, Any], rule: str) -> str:
+    [found] = [c["detail"] for c in decision["checks"] if c["rule"] == rule]
+    return str(found)
+
+
+@pytest.fixture(scope="session")
+def risk(stack: Stack) -> Risk:
+    return Risk(stack)
+
+
+@pytest.fixture
+def baseline(risk: Risk) -> Iterator[Risk]:
+    """Known limits, peak and state before the test; trading ACTIVE again after it."""
+    risk.ok(risk.put("/limits", BASELINE_LIMITS))
+    risk.ok(risk.post("/drawdown/reset", {"reason": "test baseline", "equity": str(EQUITY)}))
+    if risk.state()["state"] != "ACTIVE":
+        risk.resume("test baseline")
+    try:
+        yield risk
+    finally:
+        if risk.state()["state"] != "ACTIVE":
+            risk.resume("test cleanup")
