@@ -31,6 +31,7 @@ from common.errors import Forbidden, VolexError
 from common.models.compliance import AuditEvent, PolicyDecision
 
 MAX_DATA_BYTES = 256 * 1024
+MAX_KIND = 64  # the column's width; the contract's pattern sets no length
 RESERVED_KINDS = ("policy.checked", "policy.changed")  # written by compliance itself
 FILL_KIND = "order.filled"
 
@@ -112,6 +113,8 @@ def record_event(session: Session, body: AuditEventIn, caller: Caller) -> AuditE
     """Store an event posted by another agent or the operator; `actor` is who called."""
     if body.kind in RESERVED_KINDS:
         raise Forbidden(f"kind {body.kind} is written by compliance itself, not posted")
+    if len(body.kind) > MAX_KIND:
+        raise invalid(("body", "kind"), f"at most {MAX_KIND} characters")
     _check_text("actor", body.actor)
     _check_text("subject", body.subject)
     if body.kind == FILL_KIND:

@@ -115,6 +115,9 @@ def test_the_actor_is_the_authenticated_caller_never_the_body(stack: Stack) -> N
     ("body", "status", "field"),
     [
         ({"kind": "Order Filled", "actor": "x"}, 422, "body.kind"),
+        ({"kind": "order." + "x" * 60, "actor": "x"}, 422, "body.kind"),
+        ({"kind": "x.y", "actor": "x" * 65}, 422, "body.actor"),
+        ({"kind": "x.y", "actor": "x", "subject": "s" * 129}, 422, "body.subject"),
         ({"kind": "order.filled", "actor": ""}, 422, "body.actor"),
         ({"kind": "order.filled", "actor": "x", "data": {"price": "1"}}, 422, "body.data.fill_id"),
         ({"kind": "x.y", "actor": "x", "subject": "a\u0000b"}, 422, "body.subject"),
