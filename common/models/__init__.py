@@ -1,6 +1,7 @@
 """SQLAlchemy models, one module per aggregate; all share `Base.metadata`."""
 
 from common.models.base import Base
+from common.models.compliance import AuditChainHead, AuditEvent, CompliancePolicy, PolicyDecision
 from common.models.execution import Fill, Order, Position
 from common.models.outbox import OutboxEvent
 from common.models.risk import (
@@ -15,10 +16,14 @@ from common.models.risk import (
 from common.models.supervisor import SupervisorEvent
 
 __all__ = [
+    "AuditChainHead",
+    "AuditEvent",
     "Base",
+    "CompliancePolicy",
     "Fill",
     "Order",
     "OutboxEvent",
+    "PolicyDecision",
     "Position",
     "RiskAuditOutbox",
     "RiskCheck",

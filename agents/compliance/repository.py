@@ -1,0 +1,163 @@
+"""All SQL for compliance's tables: audit_events, audit_chain_head, compliance_policies,
+policy_decisions. Nothing here commits; the session dependency does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import Row, distinct, func, select, text
+from sqlalchemy.orm import Session
+
+from common.models.compliance import (
+    AUDIT_ID_SEQUENCE,
+    AuditChainHead,
+    AuditEvent,
+    CompliancePolicy,
+    PolicyDecision,
+)
+
+# Transaction-scoped advisory locks (the migration lock is 7041990).
+AUDIT_CHAIN_LOCK = 7041991  # one append at a time: the chain stays linear
+POLICY_LOCK = 7041992  # one policy check or change at a time: daily counts stay exact
+
+CHAIN_COLUMNS = (
+    AuditEvent.id,
+    AuditEvent.at,
+    AuditEvent.kind,
+    AuditEvent.actor,
+    AuditEvent.on_behalf_of,
+    AuditEvent.subject,
+    AuditEvent.data,
+    AuditEvent.prev_hash,
+    AuditEvent.hash,
+)
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    kind: str | None = None
+    actor: str | None = None
+    subject: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def lock(session: Session, key: int) -> None:
+    """Wait for the lock; it is released when the transaction ends."""
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def now(session: Session) -> datetime:
+    """The database's clock at the start of this transaction."""
+    value: datetime = session.execute(select(func.now())).scalar_one()
+    return value
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+def chain_head(session: Session) -> AuditChainHead:
+    head = session.get(AuditChainHead, 1, populate_existing=True)
+    if head is None:
+        raise RuntimeError("audit_chain_head has no row: run the compliance migration")
+    return head
+
+
+def next_audit_id_and_time(session: Session) -> tuple[int, datetime]:
+    row = session.execute(select(AUDIT_ID_SEQUENCE.next_value(), func.clock_timestamp())).one()
+    return int(row[0]), row[1]
+
+
+def append_audit_event(session: Session, event: AuditEvent, head: AuditChainHead) -> None:
+    session.add(event)
+    head.last_id = event.id
+    head.last_hash = event.hash
+    session.flush()
+
+
+def list_audit_events(
+    session: Session,
+    where: AuditFilter,
+    *,
+    order: Literal["asc", "desc"],
+    cursor: int | None,
+    offset: int,
+    limit: int,
+) -> list[AuditEvent]:
+    query = select(AuditEvent)
+    if where.kind is not None:
+        query = query.where(AuditEvent.kind == where.kind)
+    if where.actor is not None:
+        query = query.where(AuditEvent.actor == where.actor)
+    if where.subject is not None:
+        query = query.where(AuditEvent.subject == where.subject)
+    if where.since is not None:
+        query = query.where(AuditEvent.at >= where.since)
+    if where.until is not None:
+        query = query.where(AuditEvent.at < where.until)
+    if cursor is not None:
+        query = query.where(AuditEvent.id < cursor if order == "desc" else AuditEvent.id > cursor)
+    ordering = AuditEvent.id.desc() if order == "desc" else AuditEvent.id.asc()
+    query = query.order_by(ordering).offset(offset).limit(limit)
+    return list(session.scalars(query))
+
+
+def use_snapshot(session: Session) -> None:
+    """Read everything that follows from one snapshot (call first in the transaction)."""
+    session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+def chain_rows(session: Session, batch: int = 1000) -> Iterator[Row[Any]]:
+    """Every audit row in id order, streamed from a server-side cursor."""
+    query = select(*CHAIN_COLUMNS).order_by(AuditEvent.id).execution_options(yield_per=batch)
+    yield from session.execute(query)
+
+
+def events_of_kind(session: Session, kind: str) -> list[Row[Any]]:
+    query = select(AuditEvent.id, AuditEvent.data).where(AuditEvent.kind == kind)
+    return list(session.execute(query.order_by(AuditEvent.id)))
+
+
+# --- policies --------------------------------------------------------------------------------
+
+
+def get_policy(session: Session) -> CompliancePolicy:
+    policy = session.get(CompliancePolicy, 1, populate_existing=True)
+    if policy is None:
+        raise RuntimeError("compliance_policies has no row: run the compliance migration")
+    return policy
+
+
+def save_policy(
+    session: Session, policy: CompliancePolicy, values: dict[str, Any], by: str
+) -> None:
+    for name, value in values.items():
+        setattr(policy, name, value)
+    policy.version += 1
+    policy.updated_by = by
+    policy.updated_at = now(session)
+    session.flush()
+
+
+def approved_today(session: Session, since: datetime, client_order_id: str) -> tuple[int, bool]:
+    """Distinct orders approved since `since`, and whether `client_order_id` is one of them."""
+    approved = select(PolicyDecision.client_order_id).where(
+        PolicyDecision.approved.is_(True), PolicyDecision.at >= since
+    )
+    count = session.execute(
+        select(func.count(distinct(PolicyDecision.client_order_id))).where(
+            PolicyDecision.approved.is_(True), PolicyDecision.at >= since
+        )
+    ).scalar_one()
+    counted = session.execute(
+        select(approved.where(PolicyDecision.client_order_id == client_order_id).exists())
+    ).scalar_one()
+    return int(count), bool(counted)
+
+
+def add_decision(session: Session, decision: PolicyDecision) -> None:
+    session.add(decision)
+    session.flush()

@@ -1,0 +1,338 @@
+"""Compliance logic: appending to and verifying the audit chain, checking and changing
+policies, building trade reports. Nothing here commits; the session dependency does, so a
+policy change and its audit row (or a decision and its audit row) land together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Literal
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from agents.compliance import policy as rules
+from agents.compliance import reports
+from agents.compliance import repository as repo
+from agents.compliance.chain import GENESIS_HASH, canonical_content, canonical_json, link_hash
+from agents.compliance.schemas import (
+    AuditEventOut,
+    AuditPage,
+    ChainVerification,
+    PolicySet,
+    PolicyView,
+    TradeReport,
+)
+from common.auth import Caller
+from common.contracts import AuditEventIn, CheckDecision, FillEvent, PolicyRequest
+from common.errors import Forbidden, VolexError
+from common.models.compliance import AuditEvent, PolicyDecision
+
+MAX_DATA_BYTES = 256 * 1024
+MAX_KIND = 64  # the column's width; the contract's pattern sets no length
+RESERVED_KINDS = ("policy.checked", "policy.changed")  # written by compliance itself
+FILL_KIND = "order.filled"
+
+
+def invalid(field: tuple[str | int, ...], message: str) -> RequestValidationError:
+    """A 422 naming `field`, in the same shape as FastAPI's own validation errors."""
+    return RequestValidationError([{"loc": field, "msg": message, "type": "value_error"}])
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+def _check_text(field: str, value: str | None) -> None:
+    if value is not None and any(ord(ch) < 0x20 for ch in value):
+        raise invalid(("body", field), "control characters are not allowed")
+
+
+def _check_data(data: dict[str, Any]) -> None:
+    try:
+        size = len(canonical_json(data))
+        # Lone surrogates survive ASCII escaping but are not text; refuse them here.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError, RecursionError) as exc:
+        raise invalid(("body", "data"), f"not storable as JSON: {exc}") from exc
+    if size > MAX_DATA_BYTES:
+        raise invalid(("body", "data"), f"{size} bytes is over the {MAX_DATA_BYTES} byte limit")
+
+
+def _check_fill(data: dict[str, Any]) -> None:
+    try:
+        FillEvent.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", "data", *err["loc"])} for err in exc.errors()]
+        ) from exc
+
+
+def append(
+    session: Session,
+    *,
+    kind: str,
+    actor: str,
+    data: dict[str, Any],
+    subject: str | None = None,
+    on_behalf_of: str | None = None,
+) -> AuditEvent:
+    """Add one row to the chain. Appends are serialized by a transaction-scoped lock, so
+    each row links to the one committed before it."""
+    _check_data(data)
+    repo.lock(session, repo.AUDIT_CHAIN_LOCK)
+    head = repo.chain_head(session)
+    row_id, at = repo.next_audit_id_and_time(session)
+    at = at.astimezone(UTC)
+    content = canonical_content(
+        id=row_id,
+        at=at,
+        kind=kind,
+        actor=actor,
+        on_behalf_of=on_behalf_of,
+        subject=subject,
+        data=data,
+    )
+    event = AuditEvent(
+        id=row_id,
+        at=at,
+        kind=kind,
+        actor=actor,
+        on_behalf_of=on_behalf_of,
+        subject=subject,
+        data=data,
+        prev_hash=head.last_hash,
+        hash=link_hash(head.last_hash, content),
+    )
+    repo.append_audit_event(session, event, head)
+    return event
+
+
+def record_event(session: Session, body: AuditEventIn, caller: Caller) -> AuditEventOut:
+    """Store an event posted by another agent or the operator; `actor` is who called."""
+    if body.kind in RESERVED_KINDS:
+        raise Forbidden(f"kind {body.kind} is written by compliance itself, not posted")
+    if len(body.kind) > MAX_KIND:
+        raise invalid(("body", "kind"), f"at most {MAX_KIND} characters")
+    _check_text("actor", body.actor)
+    _check_text("subject", body.subject)
+    if body.kind == FILL_KIND:
+        _check_fill(body.data)
+    event = append(
+        session,
+        kind=body.kind,
+        actor=caller.name,
+        on_behalf_of=body.actor if body.actor != caller.name else None,
+        subject=body.subject,
+        data=body.data,
+    )
+    return AuditEventOut.model_validate(event, from_attributes=True)
+
+
+def list_events(
+    session: Session,
+    where: repo.AuditFilter,
+    *,
+    order: Literal["asc", "desc"],
+    cursor: int | None,
+    offset: int,
+    limit: int,
+) -> AuditPage:
+    if cursor is not None and offset:
+        raise invalid(("query", "offset"), "use either cursor or offset, not both")
+    if where.since and where.until and where.since > where.until:
+        raise invalid(("query", "since"), f"since {where.since} is after until {where.until}")
+    rows = repo.list_audit_events(
+        session, where, order=order, cursor=cursor, offset=offset, limit=limit + 1
+    )
+    items = [AuditEventOut.model_validate(r, from_attributes=True) for r in rows[:limit]]
+    next_cursor = items[-1].id if len(rows) > limit else None
+    return AuditPage(items=items, next_cursor=next_cursor, order=order, limit=limit)
+
+
+def _broken(checked: int, row_id: int | None, detail: str) -> ChainVerification:
+    return ChainVerification(ok=False, checked=checked, first_broken_id=row_id, detail=detail)
+
+
+def _link_problem(row: Any, expected_prev: str, last_id: int | None, head_id: int | None) -> str:
+    """Why `row` does not continue the chain, or "" when it does."""
+    if head_id is None or row.id > head_id:
+        return (
+            f"row {row.id} is past the chain head (row {head_id}): it was added outside compliance"
+        )
+    if row.prev_hash != expected_prev:
+        return (
+            f"row {row.id} does not link to the row before it (id {last_id}): "
+            "a row between them was deleted, or edited along with its hash"
+        )
+    content = canonical_content(
+        id=row.id,
+        at=row.at,
+        kind=row.kind,
+        actor=row.actor,
+        on_behalf_of=row.on_behalf_of,
+        subject=row.subject,
+        data=row.data,
+    )
+    if link_hash(row.prev_hash, content) != row.hash:
+        return f"row {row.id} was edited: its content no longer matches its hash"
+    return ""
+
+
+def verify_chain(session: Session) -> ChainVerification:
+    """Recompute every link from the first row; report the first row that does not fit."""
+    repo.use_snapshot(session)  # the head and the rows as of one instant
+    head = repo.chain_head(session)
+    expected_prev, checked, last_id = GENESIS_HASH, 0, None
+    for row in repo.chain_rows(session):
+        checked += 1
+        problem = _link_problem(row, expected_prev, last_id, head.last_id)
+        if problem:
+            return _broken(checked, row.id, problem)
+        expected_prev, last_id = row.hash, row.id
+    if last_id != head.last_id or expected_prev != head.last_hash:
+        return _broken(
+            checked,
+            head.last_id,
+            f"the chain ends at row {last_id} but its head records row {head.last_id}: "
+            "the newest rows were deleted or replaced",
+        )
+    return ChainVerification(
+        ok=True, checked=checked, first_broken_id=None, detail=f"{checked} rows, chain intact"
+    )
+
+
+# --- policies --------------------------------------------------------------------------------
+
+
+def _policy_set(row: Any) -> PolicySet:
+    return PolicySet.model_validate(row, from_attributes=True)
+
+
+def get_policies(session: Session) -> PolicyView:
+    return PolicyView.model_validate(repo.get_policy(session), from_attributes=True)
+
+
+def put_policies(session: Session, new: PolicySet, caller: Caller) -> PolicyView:
+    """Replace the policy set (operator only) and audit the change with old and new."""
+    if caller.kind != "operator":
+        raise Forbidden(f"only the operator may change policies, not service {caller.name}")
+    repo.lock(session, repo.POLICY_LOCK)
+    row = repo.get_policy(session)
+    old = _policy_set(row).model_dump(mode="json")
+    values = new.model_dump(mode="json")
+    repo.save_policy(session, row, values, caller.name)
+    append(
+        session,
+        kind="policy.changed",
+        actor=caller.name,
+        subject=f"policies v{row.version}",
+        data={"old": old, "new": values, "version": row.version},
+    )
+    return PolicyView.model_validate(row, from_attributes=True)
+
+
+def check_policy(session: Session, order: PolicyRequest, caller: Caller) -> CheckDecision:
+    """Run every rule on one order, record the decision and audit it with the rules."""
+    repo.lock(session, repo.POLICY_LOCK)
+    row = repo.get_policy(session)
+    policy = _policy_set(row)
+    now = repo.now(session).astimezone(UTC)
+    midnight = datetime.combine(now.date(), time(0), tzinfo=UTC)
+    count, counted = repo.approved_today(session, midnight, order.client_order_id)
+    checks = rules.evaluate(policy, order, now, rules.OrderCount(count, counted))
+    decision = CheckDecision(approved=all(c.passed for c in checks), checks=checks)
+    event = append(
+        session,
+        kind="policy.checked",
+        actor=caller.name,
+        subject=order.client_order_id,
+        data={
+            "approved": decision.approved,
+            "checks": [c.model_dump(mode="json") for c in checks],
+            "order": order.model_dump(mode="json"),
+            "policy_version": row.version,
+        },
+    )
+    repo.add_decision(
+        session,
+        PolicyDecision(
+            at=now,
+            client_order_id=order.client_order_id,
+            exchange=order.exchange,
+            symbol=order.symbol,
+            side=order.side.value,
+            type=order.type.value,
+            amount=order.amount,
+            price=order.price,
+            approved=decision.approved,
+            checks=[c.model_dump(mode="json") for c in checks],
+            requested_by=order.requested_by,
+            caller=caller.name,
+            audit_id=event.id,
+        ),
+    )
+    return decision
+
+
+# --- reports ---------------------------------------------------------------------------------
+
+
+def trade_report(session: Session, start: datetime, end: datetime) -> TradeReport:
+    """Fills in [start, end) with fees and FIFO realized PnL; lots come from all earlier fills."""
+    fills = []
+    for row in repo.events_of_kind(session, FILL_KIND):
+        try:
+            fill = FillEvent.model_validate(row.data)
+        except ValidationError as exc:
+            raise VolexError(f"audit row {row.id} is not a valid {FILL_KIND} event: {exc}") from exc
+        if fill.filled_at.tzinfo is None:  # the contract allows naive times: they are UTC
+            fill = fill.model_copy(update={"filled_at": fill.filled_at.replace(tzinfo=UTC)})
+        if fill.filled_at < end:
+            fills.append((row.id, fill))
+    lines = reports.in_window(reports.fifo_lines(fills), start, end)
+    totals, other_fees = reports.totals(lines)
+    return TradeReport(from_=start, to=end, fills=lines, totals=totals, other_fees=other_fees)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def audit_filter(
+    kind: str | None,
+    actor: str | None,
+    subject: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> repo.AuditFilter:
+    """Filters for GET /audit; times without a zone are UTC."""
+    # An empty field (a blank form input) filters nothing.
+    return repo.AuditFilter(kind or None, actor or None, subject or None, _utc(since), _utc(until))
+
+
+def report_window(start: str, end: str) -> tuple[datetime, datetime]:
+    """[from, to) from query strings: a date (YYYY-MM-DD, `to` includes that whole day)
+    or an ISO 8601 time (`to` exclusive); no zone means UTC."""
+    first, _ = _bound("from", start)
+    last, whole_day = _bound("to", end)
+    if first > last:
+        raise invalid(("query", "from"), f"from {start} is after to {end}")
+    return first, last + timedelta(days=1) if whole_day else last
+
+
+def _bound(field: str, value: str) -> tuple[datetime, bool]:
+    """The moment `value` names, and whether it named a whole day."""
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), time(0), tzinfo=UTC), True
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as exc:
+        raise invalid(
+            ("query", field), f"{value!r} is not a date (YYYY-MM-DD) or ISO 8601 time"
+        ) from exc
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)), False
