@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -149,11 +151,15 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("volex") / "home"
+def stack() -> Iterator[Stack]:
+    # Not under pytest's own temp root: pytest resets that to 0700 when another session
+    # starts, which would lock PostgreSQL's account out of its data directory mid-run.
+    base = Path(tempfile.mkdtemp(prefix="volex-test-"))
+    home = base / "home"
     fleet = Stack(home=home, env=clean_env({"VOLEX_HOME": str(home)}))
     try:
         fleet.volex("up")
         yield fleet
     finally:
         fleet.volex("down", check=False)
+        shutil.rmtree(base, ignore_errors=True)

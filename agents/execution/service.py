@@ -208,8 +208,16 @@ class OrderService:
                 reasons = "; ".join(f"{c.rule}: {c.detail}" for c in failed)
                 message = f"rejected by {name}: {reasons}"
                 if all("state" in c.rule for c in failed):
-                    raise Conflict(message)
+                    raise Conflict(await self._state_message(message))
                 raise Unprocessable(message)
+
+    async def _state_message(self, message: str) -> str:
+        """A refusal for the trading state says why trading stopped (the halt reason)."""
+        try:
+            state = await self.agents.risk.get("/state")
+        except VolexError:
+            return message
+        return f"trading is {state.get('state')}: {state.get('reason')} ({message})"
 
     def _resting(self, order: Order) -> list[RestingOrder]:
         with self.sessions() as session:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from sqlalchemy import (
@@ -19,6 +19,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from common.models.base import Base
 from common.money import ledger_numeric
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 class Order(Base):
@@ -53,8 +57,9 @@ class Order(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     requested_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Set in Python so a committed row needs no reload to be read (sessions expire nothing).
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+        DateTime(timezone=True), server_default=func.now(), onupdate=_now
     )
 
 
@@ -92,6 +97,7 @@ class Position(Base):
     take_profit: Mapped[Decimal | None] = mapped_column(ledger_numeric())
     trailing_stop_pct: Mapped[Decimal | None] = mapped_column(ledger_numeric())
     trail_extreme: Mapped[Decimal | None] = mapped_column(ledger_numeric())
+    # Set in Python so a committed row needs no reload to be read (sessions expire nothing).
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+        DateTime(timezone=True), server_default=func.now(), onupdate=_now
     )

@@ -1,0 +1,178 @@
+"""Benchmark: POST /orders through the whole guarded path, beside a trivial FastAPI POST.
+
+    .venv/bin/python bench/order_path.py [--orders 400] [--concurrent-orders 2000]
+
+Starts its own fleet (`volex up` on a temporary VOLEX_HOME and bench ports), sends
+market orders on `sim` (execution → risk → compliance → sim → PostgreSQL), then
+measures a trivial FastAPI POST under the same uvicorn in the same run, and prints
+p50/p99 latency with one client, throughput with 32 concurrent clients, the ratio
+to the trivial app, and the lost/duplicated order count (must be zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from common.settings import Settings  # noqa: E402
+
+PORTS = {
+    "VOLEX_PORT_BASE": "28100", "VOLEX_PG_PORT": "25439",
+    "VOLEX_REDIS_PORT": "26399", "VOLEX_VAULT_PORT": "28300",
+}
+TRIVIAL_PORT = 28999
+TRIVIAL_APP = """
+from fastapi import FastAPI
+from pydantic import BaseModel
+app = FastAPI()
+class Body(BaseModel):
+    symbol: str
+    side: str
+    amount: str
+@app.post("/orders", status_code=201)
+def create(body: Body) -> dict[str, str]:
+    return {"symbol": body.symbol, "status": "filled"}
+"""
+BENCH_LIMITS = {
+    "max_orders_per_minute": 1_000_000, "duplicate_window_s": 0,
+    "max_order_notional": "1000000", "max_position_pct": "1", "max_gross_exposure_pct": "10",
+    "max_heat_pct": "1", "daily_loss_limit": "1000000", "max_drawdown_pct": "1",
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def sequential(url: str, headers: dict[str, str], n: int, body_fn: object) -> list[float]:
+    latencies = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for i in range(n):
+            started = time.perf_counter()
+            response = await client.post(url, json=body_fn(i), headers=headers)  # type: ignore[operator]
+            latencies.append(time.perf_counter() - started)
+            if response.status_code != 201:
+                raise SystemExit(f"order {i} failed: {response.status_code} {response.text}")
+    return latencies
+
+
+async def concurrent(url: str, headers: dict[str, str], n: int, clients: int,
+                     body_fn: object) -> tuple[float, list[int]]:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+    codes: list[int] = []
+
+    async def worker() -> None:
+        async with httpx.AsyncClient(timeout=60) as client:
+            while not queue.empty():
+                i = queue.get_nowait()
+                response = await client.post(url, json=body_fn(i), headers=headers)  # type: ignore[operator]
+                codes.append(response.status_code)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return n / (time.perf_counter() - started), codes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--orders", type=int, default=400)
+    parser.add_argument("--concurrent-orders", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=32)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="volex-bench-")) / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOLEX_")}
+    env.update(PORTS, VOLEX_HOME=str(home), VOLEX_LOG_LEVEL="WARNING")
+    volex = [sys.executable, "-m", "volex.cli"]
+    subprocess.run([*volex, "up"], env=env, check=True, cwd=ROOT, capture_output=True)
+    trivial = None
+    try:
+        settings = Settings(home=home, port_base=28100, pg_port=25439, redis_port=26399,
+                            vault_port=28300)
+        token = subprocess.run([*volex, "token"], env=env, check=True, cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        limits = httpx.get(settings.url_of("risk") + "/limits", headers=headers).json()
+        limits.update(BENCH_LIMITS)
+        httpx.put(settings.url_of("risk") + "/limits", json=limits, headers=headers
+                  ).raise_for_status()
+        run = uuid.uuid4().hex[:8]
+        sides = ("buy", "sell")
+
+        def order(i: int) -> dict[str, str]:
+            # Alternate buys and sells so the paper account stays funded.
+            return {"symbol": "BTC/USDT", "side": sides[i % 2], "type": "market",
+                    "amount": "0.0001", "client_order_id": f"b-{run}-{i}"}
+
+        orders_url = settings.url_of("execution") + "/orders"
+        def warm(i: int) -> dict[str, str]:
+            return {**order(i), "client_order_id": f"w-{run}-{i}"}
+
+        asyncio.run(sequential(orders_url, headers, 20, warm))
+        seq = asyncio.run(sequential(orders_url, headers, args.orders, order))
+        offset = args.orders + (args.orders % 2)
+
+        def order_c(i: int) -> dict[str, str]:
+            return order(offset + i)
+
+        tput, codes = asyncio.run(concurrent(orders_url, headers, args.concurrent_orders,
+                                             args.clients, order_c))
+        engine = create_engine(settings.resolved_database_url())
+        with engine.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT count(*), count(DISTINCT client_order_id),"
+                " count(*) FILTER (WHERE status = 'filled') FROM orders"
+                " WHERE client_order_id LIKE :p"), {"p": f"b-{run}-%"}).one()
+        sent = args.orders + args.concurrent_orders
+        ok = sum(1 for c in codes if c == 201) + args.orders
+
+        trivial = subprocess.Popen(
+            [sys.executable, "-c", "import sys, uvicorn; sys.path.insert(0, '.');"
+             f"exec({TRIVIAL_APP!r}); uvicorn.run(app, port={TRIVIAL_PORT}, log_level='warning',"
+             " access_log=False)"], cwd=ROOT)
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{TRIVIAL_PORT}/docs")
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        trivial_url = f"http://127.0.0.1:{TRIVIAL_PORT}/orders"
+        tseq = asyncio.run(sequential(trivial_url, {}, args.orders, order))
+        ttput, _ = asyncio.run(concurrent(trivial_url, {}, args.concurrent_orders, args.clients,
+                                          order))
+    finally:
+        if trivial is not None:
+            trivial.terminate()
+        subprocess.run([*volex, "down"], env=env, cwd=ROOT, capture_output=True)
+
+    ms = 1000
+    print(f"{'':28}{'p50 ms':>10}{'p99 ms':>10}{'orders/s (32 clients)':>24}")
+    print(f"{'POST /orders (guarded path)':28}{percentile(seq, .5) * ms:>10.2f}"
+          f"{percentile(seq, .99) * ms:>10.2f}{tput:>24.0f}")
+    print(f"{'trivial FastAPI POST':28}{percentile(tseq, .5) * ms:>10.2f}"
+          f"{percentile(tseq, .99) * ms:>10.2f}{ttput:>24.0f}")
+    print(f"ratio guarded/trivial: p50 x{percentile(seq, .5) / percentile(tseq, .5):.1f}, "
+          f"throughput x{tput / ttput:.3f}; mean {statistics.mean(seq) * ms:.2f} ms")
+    print(f"orders sent {sent}, answered 201: {ok}, rows {rows[0]}, distinct client ids "
+          f"{rows[1]}, filled {rows[2]}; lost {sent - rows[1]}, duplicated {rows[0] - rows[1]}")
+
+
+if __name__ == "__main__":
+    main()
