@@ -27,6 +27,7 @@ from agents.execution.exchange.base import (
     ExchangeAdapter,
     ExchangeOrder,
     Market,
+    OrderBook,
     OrderStatus,
     Ticker,
     Trade,
@@ -161,6 +162,14 @@ class CcxtExchange(ExchangeAdapter):
             raise ExchangeError(f"{self.id} has no price for {symbol}", exchange=self.id)
         stamp = raw.get("timestamp") or self.client.milliseconds()
         return Ticker(symbol=symbol, bid=bid, ask=ask, last=last, timestamp=int(stamp))
+
+    async def fetch_order_book(self, symbol: str, limit: int = 20) -> OrderBook:
+        raw = await self._read(self.client.fetch_order_book, symbol, limit)
+        sides = [
+            [(_dec(p) or ZERO, _dec(a) or ZERO) for p, a, *_ in raw[k]] for k in ("bids", "asks")
+        ]
+        stamp = raw.get("timestamp") or self.client.milliseconds()
+        return OrderBook(symbol=symbol, bids=sides[0], asks=sides[1], timestamp=int(stamp))
 
     async def fetch_ohlcv(
         self, symbol: str, timeframe: str, since_ms: int | None = None, limit: int = 500

@@ -104,6 +104,10 @@ class FakeBinance:
             "quoteVolume": "4200000", "openTime": NOW - 86_400_000, "closeTime": NOW,
         }  # fmt: skip
 
+    def depth(self, params: dict[str, str]) -> tuple[int, Any]:
+        return 200, {"lastUpdateId": 7, "bids": [["42000.00", "1.5"], ["41999.50", "3"]],
+                     "asks": [[FILL_PRICE, "2"]]}  # fmt: skip
+
     def klines(self, params: dict[str, str]) -> tuple[int, Any]:
         candle = ["42000", "42010.5", "41990", "42005", "1.25"]
         rest = ["52500", 10, "0.5", "21000", "0"]
@@ -180,6 +184,7 @@ ROUTES = {
     ("GET", "/api/v3/exchangeInfo"): FakeBinance.exchange_info,
     ("GET", "/api/v3/ticker/24hr"): FakeBinance.ticker,
     ("GET", "/api/v3/klines"): FakeBinance.klines,
+    ("GET", "/api/v3/depth"): FakeBinance.depth,
     ("GET", "/api/v3/account"): FakeBinance.account,
     ("POST", "/api/v3/order"): FakeBinance.new_order,
     ("GET", "/api/v3/order"): FakeBinance.get_order,

@@ -57,6 +57,9 @@ async def test_market_data_and_balance_come_back_as_our_types(
     assert btc.rules().price_step == D("0.01")
     ticker = await binance.fetch_ticker("BTC/USDT")
     assert (ticker.bid, ticker.ask, ticker.last) == (D("42000.00"), D("42000.20"), D("42000.10"))
+    book = await binance.fetch_order_book("BTC/USDT", 5)
+    assert book.bids == [(D("42000.00"), D("1.5")), (D("41999.50"), D(3))]
+    assert book.asks == [(D("42000.20"), D(2))]
     bars = await binance.fetch_ohlcv("BTC/USDT", "1m", since_ms=NOW, limit=3)
     assert [b.ts for b in bars] == [NOW, NOW + 60_000, NOW + 120_000]
     assert bars[0].high == 42010.5
