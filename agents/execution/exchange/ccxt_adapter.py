@@ -198,16 +198,11 @@ class CcxtExchange(ExchangeAdapter):
         *,
         client_order_id: str,
     ) -> ExchangeOrder:
-        kind = OrderType(str(type))
-        params: dict[str, Any] = {"clientOrderId": client_order_id}
-        if kind == OrderType.stop_loss:
-            params["stopLossPrice"] = _float(stop_price)
-        elif kind == OrderType.take_profit:
-            params["takeProfitPrice"] = _float(stop_price)
+        kind, params = self._order_params(side, type, stop_price, client_order_id)
         ccxt_type = "market" if kind == OrderType.market or price is None else "limit"
         try:
             raw = await self.client.create_order(
-                symbol, ccxt_type, str(OrderSide(str(side))), float(amount), _float(price), params
+                symbol, ccxt_type, str(side), float(amount), _float(price), params
             )
         except asyncio.CancelledError:
             raise
@@ -217,6 +212,29 @@ class CcxtExchange(ExchangeAdapter):
         if not order.client_order_id:  # some exchanges do not echo it
             order = replace(order, client_order_id=client_order_id)
         return order
+
+    def _order_params(
+        self,
+        side: OrderSide | str,
+        type_: OrderType | str,
+        stop_price: Decimal | None,
+        client_order_id: str,
+    ) -> tuple[OrderType, dict[str, Any]]:
+        """Check what CCXT would not, and the unified params for the order type."""
+        if str(side) not in {s.value for s in OrderSide}:
+            raise InvalidOrder(f"side {side!r} is not buy or sell", exchange=self.id)
+        if str(type_) not in {t.value for t in OrderType}:
+            raise InvalidOrder(f"order type {type_!r} is not supported", exchange=self.id)
+        if not client_order_id:
+            raise InvalidOrder("a client_order_id is required", exchange=self.id)
+        kind = OrderType(str(type_))
+        params: dict[str, Any] = {"clientOrderId": client_order_id}
+        if kind in (OrderType.stop_loss, OrderType.take_profit):
+            if stop_price is None:
+                raise InvalidOrder(f"{kind.value} orders need stop_price", exchange=self.id)
+            name = "stopLossPrice" if kind == OrderType.stop_loss else "takeProfitPrice"
+            params[name] = float(stop_price)
+        return kind, params
 
     async def fetch_order(self, order_id: str, symbol: str) -> ExchangeOrder:
         return _order(await self._read(self.client.fetch_order, order_id, symbol), symbol)

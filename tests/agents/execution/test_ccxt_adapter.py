@@ -125,6 +125,19 @@ async def test_refusals_on_create_map_to_our_errors_and_are_not_retried(
     assert len(fake.calls("POST", "/api/v3/order")) == 1
 
 
+async def test_requests_ccxt_cannot_express_are_refused_before_sending(
+    binance: CcxtExchange, fake: FakeBinance
+) -> None:
+    for args, reason in [
+        (("BTC/USDT", "buy", "twap", D(1)), "order type 'twap'"),
+        (("BTC/USDT", "hold", "market", D(1)), "side 'hold'"),
+        (("BTC/USDT", "sell", "take_profit", D(1)), "take_profit orders need stop_price"),
+    ]:
+        with pytest.raises(InvalidOrder, match=reason):
+            await binance.create_order(*args, client_order_id="x")  # type: ignore[arg-type]
+    assert fake.calls("POST", "/api/v3/order") == []
+
+
 async def test_a_create_that_times_out_is_an_unknown_outcome_never_resent(
     binance: CcxtExchange, fake: FakeBinance
 ) -> None:
