@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from typing import Literal, NamedTuple, Self
 
+from agents.execution.exchange.errors import BadRequest
 from common.contracts import MarketRules, OrderSide, OrderType
 from common.money import to_step
 
@@ -141,6 +142,10 @@ class ExchangeAdapter(ABC):
 
     @abstractmethod
     async def fetch_ticker(self, symbol: str) -> Ticker: ...
+
+    async def fetch_order_book(self, symbol: str, limit: int = 20) -> OrderBook:
+        """The best `limit` levels a side. Optional: adapters without one refuse."""
+        raise BadRequest(f"{self.id} does not provide order books", exchange=self.id)
 
     @abstractmethod
     async def fetch_ohlcv(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 
 from agents.execution.exchange.base import Market
-from agents.execution.exchange.sim_prices import PathModel
+from agents.execution.exchange.sim_model import PathModel
 from common.money import to_step
 
 MAX_LEVELS = 60  # a market order walks at most this many levels; the rest expires

@@ -123,10 +123,19 @@ async def test_forming_candle_matches_its_minutes_and_the_ticker(
     assert ticker.bid < ticker.last < ticker.ask
     assert abs(float(ticker.last) - current.close) <= 0.005  # last is the close at the tick
     assert minutes[-1].low <= current.close <= minutes[-1].high
+    # The forming day and week agree with the hours they are made of, the forming one included.
+    day_start = now - (now - EPOCH_MS) % DAY_MS
+    hours = await sim.fetch_ohlcv("BTC/USDT", "1h", since_ms=day_start, limit=24)
+    assert hours[-1] == current and len(hours) == 18  # 17:30 UTC
+    _assert_same_candle((await sim.fetch_ohlcv("BTC/USDT", "1d", limit=1))[0], hours)
+    week = (await sim.fetch_ohlcv("BTC/USDT", "1w", limit=1))[0]
+    days = await sim.fetch_ohlcv("BTC/USDT", "1d", since_ms=week.ts, limit=7)
+    _assert_same_candle(week, days)
 
 
 async def test_ohlcv_bounds_and_errors(make_sim: SimFactory) -> None:
     sim = make_sim()
+    await sim.warm_up()
     first = await sim.fetch_ohlcv("BTC/USDT", "1d", since_ms=0, limit=5)
     assert first[0].ts == EPOCH_MS
     assert first[0].open == pytest.approx(DEFAULT_MARKETS[0].model.start_price)
