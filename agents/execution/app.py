@@ -48,7 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     kit.checks["reconciliation"] = reconciler.health
     tasks = [
         asyncio.create_task(relay.run()),
-        asyncio.create_task(reconciler.run(settings.sync_interval)),
+        asyncio.create_task(reconciler.run(settings.sync_interval, settings.snapshot_interval)),
         asyncio.create_task(_follow_trading_state(kit, reconciler)),
     ]
     try:

@@ -15,6 +15,9 @@ class ExecutionSettings(Settings):
     sim_quote_balance: Decimal = Field(default=Decimal("10000"), gt=0)
     sim_latency_ms: int = Field(default=0, ge=0, le=10_000)
     sync_interval: float = Field(default=0.5, gt=0, description="seconds between order syncs")
+    snapshot_interval: float = Field(
+        default=10.0, gt=0, description="seconds between portfolio snapshots sent to risk"
+    )
     unknown_grace: float = Field(
         default=10.0, gt=0, description="seconds before an order missing on the exchange is final"
     )

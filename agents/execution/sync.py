@@ -204,13 +204,25 @@ class Reconciler:
         if state.get("state") == TradingState.HALTED:
             await self.apply(ApplyTradingState.model_validate(state))
 
-    async def run(self, interval: float) -> None:
+    async def snapshot(self) -> None:
+        """Tell risk what the account is worth: its drawdown breaker and VaR feed on this."""
+        for exchange in self.orders.exchanges.adapters:
+            portfolio = await self.orders.portfolio(exchange)
+            await self.orders.agents.risk.post(
+                "/portfolio/snapshots", json=portfolio.model_dump(mode="json")
+            )
+
+    async def run(self, interval: float, snapshot_interval: float) -> None:
         await self.startup()
+        next_snapshot = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.sync_once()
                 await self.check_exits()
+                if time.monotonic() >= next_snapshot:
+                    next_snapshot = time.monotonic() + snapshot_interval
+                    await self.snapshot()
             except (VolexError, ExchangeError) as exc:
                 log.warning("sync failed", extra={"reason": str(exc)})
             except Exception:

@@ -246,3 +246,54 @@ def test_bad_orders_get_422_naming_the_field(
 def test_unknown_symbol_and_exchange(stack: Stack) -> None:
     assert order(stack, amount="1", symbol="DOGE/EUR").status_code == 422
     assert order(stack, amount="1", exchange="nosuch").status_code == 404
+
+
+def test_brackets_close_the_position_once_when_a_leg_fires(stack: Stack) -> None:
+    stack.get("execution", "/positions/sim")
+    httpx.post(
+        stack.url("execution") + "/positions/sim/close",
+        json={"symbol": "ETH/USDT"},
+        headers=stack.auth(),
+        timeout=30,
+    )
+    mid = Decimal(stack.get("execution", "/ticker/sim/ETH-USDT").json()["last"])
+    # Legs a hair either side of the price: one of them fires within seconds.
+    stop, target = (
+        (mid * Decimal("0.9998")).quantize(Decimal("0.01")),
+        (mid * Decimal("1.0002")).quantize(Decimal("0.01")),
+    )
+    cid = _cid("brk")
+    placed = order(
+        stack,
+        symbol="ETH/USDT",
+        amount="0.01",
+        stop_loss=str(stop),
+        take_profit=str(target),
+        client_order_id=cid,
+    )
+    assert placed.status_code == 201, placed.text
+    armed = {p["symbol"]: p for p in stack.get("execution", "/positions/sim").json()}
+    assert "ETH/USDT" in armed
+
+    def closed() -> bool:
+        return "ETH/USDT" not in {
+            p["symbol"] for p in stack.get("execution", "/positions/sim").json()
+        }
+
+    stack.wait_for(closed, timeout=120, what="a bracket leg to fire and close the position")
+    with stack.engine().connect() as conn:
+        exits = conn.execute(
+            text(
+                "SELECT role, status FROM orders WHERE symbol = 'ETH/USDT'"
+                " AND role IN ('stop_loss', 'take_profit', 'trailing_stop') AND id > :i"
+            ),
+            {"i": placed.json()["id"]},
+        ).all()
+        armed_after = conn.execute(
+            text(
+                "SELECT stop_loss, take_profit FROM positions WHERE exchange = 'sim'"
+                " AND symbol = 'ETH/USDT'"
+            )
+        ).one()
+    assert len(exits) == 1 and exits[0].status == "filled"  # closed once
+    assert armed_after == (None, None)  # the other leg is gone with it
