@@ -31,8 +31,10 @@ sys.path.insert(0, str(ROOT))
 from common.settings import Settings  # noqa: E402
 
 PORTS = {
-    "VOLEX_PORT_BASE": "28100", "VOLEX_PG_PORT": "25439",
-    "VOLEX_REDIS_PORT": "26399", "VOLEX_VAULT_PORT": "28300",
+    "VOLEX_PORT_BASE": "28100",
+    "VOLEX_PG_PORT": "25439",
+    "VOLEX_REDIS_PORT": "26399",
+    "VOLEX_VAULT_PORT": "28300",
 }
 TRIVIAL_PORT = 28999
 TRIVIAL_APP = """
@@ -48,9 +50,14 @@ def create(body: Body) -> dict[str, str]:
     return {"symbol": body.symbol, "status": "filled"}
 """
 BENCH_LIMITS = {
-    "max_orders_per_minute": 1_000_000, "duplicate_window_s": 0,
-    "max_order_notional": "1000000", "max_position_pct": "1", "max_gross_exposure_pct": "10",
-    "max_heat_pct": "1", "daily_loss_limit": "1000000", "max_drawdown_pct": "1",
+    "max_orders_per_minute": 1_000_000,
+    "duplicate_window_s": 0,
+    "max_order_notional": "1000000",
+    "max_position_pct": "1",
+    "max_gross_exposure_pct": "10",
+    "max_heat_pct": "1",
+    "daily_loss_limit": "1000000",
+    "max_drawdown_pct": "1",
 }
 
 
@@ -71,8 +78,9 @@ async def sequential(url: str, headers: dict[str, str], n: int, body_fn: object)
     return latencies
 
 
-async def concurrent(url: str, headers: dict[str, str], n: int, clients: int,
-                     body_fn: object) -> tuple[float, list[int]]:
+async def concurrent(
+    url: str, headers: dict[str, str], n: int, clients: int, body_fn: object
+) -> tuple[float, list[int]]:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
@@ -104,24 +112,33 @@ def main() -> None:
     subprocess.run([*volex, "up"], env=env, check=True, cwd=ROOT, capture_output=True)
     trivial = None
     try:
-        settings = Settings(home=home, port_base=28100, pg_port=25439, redis_port=26399,
-                            vault_port=28300)
-        token = subprocess.run([*volex, "token"], env=env, check=True, cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        settings = Settings(
+            home=home, port_base=28100, pg_port=25439, redis_port=26399, vault_port=28300
+        )
+        token = subprocess.run(
+            [*volex, "token"], env=env, check=True, cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
         headers = {"Authorization": f"Bearer {token}"}
         limits = httpx.get(settings.url_of("risk") + "/limits", headers=headers).json()
         limits.update(BENCH_LIMITS)
-        httpx.put(settings.url_of("risk") + "/limits", json=limits, headers=headers
-                  ).raise_for_status()
+        httpx.put(
+            settings.url_of("risk") + "/limits", json=limits, headers=headers
+        ).raise_for_status()
         run = uuid.uuid4().hex[:8]
         sides = ("buy", "sell")
 
         def order(i: int) -> dict[str, str]:
             # Alternate buys and sells so the paper account stays funded.
-            return {"symbol": "BTC/USDT", "side": sides[i % 2], "type": "market",
-                    "amount": "0.0001", "client_order_id": f"b-{run}-{i}"}
+            return {
+                "symbol": "BTC/USDT",
+                "side": sides[i % 2],
+                "type": "market",
+                "amount": "0.0001",
+                "client_order_id": f"b-{run}-{i}",
+            }
 
         orders_url = settings.url_of("execution") + "/orders"
+
         def warm(i: int) -> dict[str, str]:
             return {**order(i), "client_order_id": f"w-{run}-{i}"}
 
@@ -132,21 +149,32 @@ def main() -> None:
         def order_c(i: int) -> dict[str, str]:
             return order(offset + i)
 
-        tput, codes = asyncio.run(concurrent(orders_url, headers, args.concurrent_orders,
-                                             args.clients, order_c))
+        tput, codes = asyncio.run(
+            concurrent(orders_url, headers, args.concurrent_orders, args.clients, order_c)
+        )
         engine = create_engine(settings.resolved_database_url())
         with engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT count(*), count(DISTINCT client_order_id),"
-                " count(*) FILTER (WHERE status = 'filled') FROM orders"
-                " WHERE client_order_id LIKE :p"), {"p": f"b-{run}-%"}).one()
+            rows = conn.execute(
+                text(
+                    "SELECT count(*), count(DISTINCT client_order_id),"
+                    " count(*) FILTER (WHERE status = 'filled') FROM orders"
+                    " WHERE client_order_id LIKE :p"
+                ),
+                {"p": f"b-{run}-%"},
+            ).one()
         sent = args.orders + args.concurrent_orders
         ok = sum(1 for c in codes if c == 201) + args.orders
 
         trivial = subprocess.Popen(
-            [sys.executable, "-c", "import sys, uvicorn; sys.path.insert(0, '.');"
-             f"exec({TRIVIAL_APP!r}); uvicorn.run(app, port={TRIVIAL_PORT}, log_level='warning',"
-             " access_log=False)"], cwd=ROOT)
+            [
+                sys.executable,
+                "-c",
+                "import sys, uvicorn; sys.path.insert(0, '.');"
+                f"exec({TRIVIAL_APP!r}); uvicorn.run(app, port={TRIVIAL_PORT}, log_level='warning',"
+                " access_log=False)",
+            ],
+            cwd=ROOT,
+        )
         for _ in range(100):
             try:
                 httpx.get(f"http://127.0.0.1:{TRIVIAL_PORT}/docs")
@@ -155,8 +183,9 @@ def main() -> None:
                 time.sleep(0.1)
         trivial_url = f"http://127.0.0.1:{TRIVIAL_PORT}/orders"
         tseq = asyncio.run(sequential(trivial_url, {}, args.orders, order))
-        ttput, _ = asyncio.run(concurrent(trivial_url, {}, args.concurrent_orders, args.clients,
-                                          order))
+        ttput, _ = asyncio.run(
+            concurrent(trivial_url, {}, args.concurrent_orders, args.clients, order)
+        )
     finally:
         if trivial is not None:
             trivial.terminate()
@@ -164,14 +193,22 @@ def main() -> None:
 
     ms = 1000
     print(f"{'':28}{'p50 ms':>10}{'p99 ms':>10}{'orders/s (32 clients)':>24}")
-    print(f"{'POST /orders (guarded path)':28}{percentile(seq, .5) * ms:>10.2f}"
-          f"{percentile(seq, .99) * ms:>10.2f}{tput:>24.0f}")
-    print(f"{'trivial FastAPI POST':28}{percentile(tseq, .5) * ms:>10.2f}"
-          f"{percentile(tseq, .99) * ms:>10.2f}{ttput:>24.0f}")
-    print(f"ratio guarded/trivial: p50 x{percentile(seq, .5) / percentile(tseq, .5):.1f}, "
-          f"throughput x{tput / ttput:.3f}; mean {statistics.mean(seq) * ms:.2f} ms")
-    print(f"orders sent {sent}, answered 201: {ok}, rows {rows[0]}, distinct client ids "
-          f"{rows[1]}, filled {rows[2]}; lost {sent - rows[1]}, duplicated {rows[0] - rows[1]}")
+    print(
+        f"{'POST /orders (guarded path)':28}{percentile(seq, 0.5) * ms:>10.2f}"
+        f"{percentile(seq, 0.99) * ms:>10.2f}{tput:>24.0f}"
+    )
+    print(
+        f"{'trivial FastAPI POST':28}{percentile(tseq, 0.5) * ms:>10.2f}"
+        f"{percentile(tseq, 0.99) * ms:>10.2f}{ttput:>24.0f}"
+    )
+    print(
+        f"ratio guarded/trivial: p50 x{percentile(seq, 0.5) / percentile(tseq, 0.5):.1f}, "
+        f"throughput x{tput / ttput:.3f}; mean {statistics.mean(seq) * ms:.2f} ms"
+    )
+    print(
+        f"orders sent {sent}, answered 201: {ok}, rows {rows[0]}, distinct client ids "
+        f"{rows[1]}, filled {rows[2]}; lost {sent - rows[1]}, duplicated {rows[0] - rows[1]}"
+    )
 
 
 if __name__ == "__main__":

@@ -332,6 +332,9 @@ def set_exchange(
     passphrase: Annotated[
         bool, typer.Option("--passphrase", help="also ask for the API passphrase")
     ] = False,
+    sandbox: Annotated[
+        bool, typer.Option("--sandbox", help="these keys are for the exchange's testnet")
+    ] = False,
 ) -> None:
     """Store an exchange's API key and secret in Vault, read from a prompt or stdin (never argv).
 
@@ -346,6 +349,8 @@ def set_exchange(
     secret = {"api_key": _read_credential("API key"), "secret": _read_credential("API secret")}
     if passphrase:
         secret["password"] = _read_credential("API passphrase")
+    if sandbox:
+        secret["sandbox"] = "true"
     client = _admin_vault(Settings())
     try:
         client.secrets.kv.v2.create_or_update_secret(

@@ -39,7 +39,7 @@ async def _follow_trading_state(kit: Kit, reconciler: Reconciler) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     kit: Kit = app.state.kit
     assert kit.session_factory is not None and kit.agents is not None
-    exchanges = ExchangeRegistry(settings)
+    exchanges = ExchangeRegistry(settings, kit.vault)
     orders = OrderService(kit.session_factory, kit.agents, exchanges)
     relay = OutboxRelay(SERVICE, kit.session_factory, kit.agents)
     orders.wake_relay = relay.wake.set

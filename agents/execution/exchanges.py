@@ -1,20 +1,30 @@
-"""The exchanges execution can trade on, each behind the same adapter interface."""
+"""The exchanges execution can trade on, each behind the same adapter interface.
+
+`sim` is always there. A real exchange (any CCXT id) is opened on first use, only
+with live trading switched on (`VOLEX_LIVE_TRADING=1`) and its keys in Vault at
+`secret/exchanges/<id>`; its keys are re-checked with Vault before every order, so
+an unreachable Vault stops live orders (503) while `sim` goes on.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from decimal import Decimal
 
 from agents.execution.exchange.base import ExchangeAdapter, Market
 from agents.execution.exchange.sim import SimExchange
 from agents.execution.settings import ExecutionSettings
-from common.errors import NotFound, Unprocessable
+from common.errors import NotFound, ServiceUnavailable, Unprocessable
+from common.vault import SecretNotFound, VaultClient
 
 
 class ExchangeRegistry:
     """Adapters by exchange id, with their markets loaded once."""
 
-    def __init__(self, settings: ExecutionSettings) -> None:
+    def __init__(self, settings: ExecutionSettings, vault: VaultClient | None = None) -> None:
+        self.settings = settings
+        self.vault = vault
         self.adapters: dict[str, ExchangeAdapter] = {
             "sim": SimExchange(
                 state_dir=settings.home_dir / "sim",
@@ -25,14 +35,70 @@ class ExchangeRegistry:
         }
         self.modes = {"sim": "simulated"}
         self._markets: dict[str, dict[str, Market]] = {}
+        self._opening = asyncio.Lock()
 
     def get(self, exchange: str) -> ExchangeAdapter:
         try:
             return self.adapters[exchange]
         except KeyError:
             raise NotFound(
-                f"exchange {exchange!r} is not configured; available: {', '.join(self.adapters)}"
+                f"exchange {exchange!r} is not open; available: {', '.join(self.adapters)}"
+                " (a real exchange opens with its first order when live trading is on)"
             ) from None
+
+    def credentials(self, exchange: str) -> dict[str, str]:
+        """The exchange's keys, read from Vault now (never from a cache): fail closed."""
+        if self.vault is None:
+            raise ServiceUnavailable(f"live trading on {exchange} needs Vault; none configured")
+        try:
+            return {
+                k: str(v) for k, v in self.vault.read(f"exchanges/{exchange}", fresh=True).items()
+            }
+        except SecretNotFound as exc:
+            raise Unprocessable(
+                f"no API keys for {exchange}: store them with "
+                f"`volex secrets set-exchange {exchange}`"
+            ) from exc
+        except ServiceUnavailable as exc:
+            raise ServiceUnavailable(
+                f"live order refused: Vault unavailable ({exc.message}); paper trading on "
+                "sim goes on"
+            ) from exc
+
+    async def ensure(self, exchange: str) -> ExchangeAdapter:
+        """The adapter for `exchange`, opening a live CCXT connection if allowed."""
+        if exchange in self.adapters:
+            if self.modes[exchange] == "live":
+                await asyncio.to_thread(self.credentials, exchange)
+            return self.adapters[exchange]
+        import ccxt
+
+        if exchange not in ccxt.exchanges:
+            raise NotFound(f"no exchange {exchange!r}: use 'sim' or a CCXT exchange id")
+        if not self.settings.live_trading:
+            raise Unprocessable(
+                f"{exchange} trades real money and live trading is off: use exchange 'sim', or "
+                f"set VOLEX_LIVE_TRADING=1 and store keys with `volex secrets set-exchange "
+                f"{exchange}`. (Paper trading on {exchange}'s own prices is not built yet.)"
+            )
+        async with self._opening:
+            if exchange not in self.adapters:
+                self.adapters[exchange] = self._open_live(exchange)
+                self.modes[exchange] = "live"
+        return await self.ensure(exchange)
+
+    def _open_live(self, exchange: str) -> ExchangeAdapter:
+        from agents.execution.exchange.ccxt_adapter import CcxtExchange
+
+        keys = self.credentials(exchange)
+        return CcxtExchange(
+            exchange,
+            api_key=keys.get("api_key"),
+            secret=keys.get("secret"),
+            password=keys.get("password"),
+            sandbox=keys.get("sandbox", "").lower() == "true",
+            api_host=self.settings.exchange_api_hosts.get(exchange),
+        )
 
     async def markets(self, exchange: str) -> dict[str, Market]:
         if exchange not in self._markets:

@@ -113,7 +113,7 @@ class OrderService:
     # --- placing ------------------------------------------------------------------------
     async def place(self, req: OrderRequest, caller: Caller) -> tuple[Order, bool]:
         """Place `req`; returns the order and whether this call created it."""
-        self.exchanges.get(req.exchange)
+        await self.exchanges.ensure(req.exchange)  # live: keys re-read from Vault, fail closed
         market = await self.exchanges.market(req.exchange, req.symbol)
         cid = req.client_order_id or f"vx-{uuid.uuid4().hex[:24]}"
         existing = await self.db(self._find, cid)

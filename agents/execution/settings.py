@@ -11,6 +11,11 @@ class ExecutionSettings(Settings):
     live_trading: bool = Field(
         default=False, description="VOLEX_LIVE_TRADING=1 to trade real money"
     )
+    exchange_api_hosts: dict[str, str] = Field(
+        default_factory=dict,
+        description='JSON {"binance": "http://host:port"}: send an exchange\'s API calls '
+        "to another host (a proxy, or a local fake in tests)",
+    )
     sim_seed: int = Field(default=42, description="the simulated exchange's price-path seed")
     sim_quote_balance: Decimal = Field(default=Decimal("10000"), gt=0)
     sim_latency_ms: int = Field(default=0, ge=0, le=10_000)
