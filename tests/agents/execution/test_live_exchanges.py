@@ -17,8 +17,6 @@ from common.vault import VaultClient
 from tests.agents.execution.fake_binance import FakeBinance
 from tests.conftest import Stack
 
-pytestmark = pytest.mark.anyio
-
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -43,6 +41,7 @@ def _registry(stack: Stack, tmp_path: Path, fake: FakeBinance, live: bool) -> Ex
     return ExchangeRegistry(settings, vault)
 
 
+@pytest.mark.anyio
 async def test_a_real_exchange_needs_live_trading_switched_on(
     stack: Stack, tmp_path: Path, fake: FakeBinance
 ) -> None:
@@ -54,6 +53,9 @@ async def test_a_real_exchange_needs_live_trading_switched_on(
             await registry.ensure("notanexchange")
     finally:
         await registry.close()
+
+
+def test_the_order_endpoint_refuses_a_real_exchange_while_live_is_off(stack: Stack) -> None:
     response = httpx.post(
         stack.url("execution") + "/orders",
         headers=stack.auth(),
@@ -63,6 +65,7 @@ async def test_a_real_exchange_needs_live_trading_switched_on(
     assert response.status_code == 422 and "live trading is off" in response.json()["detail"]
 
 
+@pytest.mark.anyio
 async def test_live_exchange_opens_with_vault_keys_and_fails_closed_without_vault(
     stack: Stack, tmp_path: Path, fake: FakeBinance
 ) -> None:
