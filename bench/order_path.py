@@ -119,7 +119,10 @@ def main() -> None:
             [*volex, "token"], env=env, check=True, cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         headers = {"Authorization": f"Bearer {token}"}
-        limits = httpx.get(settings.url_of("risk") + "/limits", headers=headers).json()
+        from agents.risk.schemas import Limits
+
+        current = httpx.get(settings.url_of("risk") + "/limits", headers=headers).json()
+        limits = {k: v for k, v in current.items() if k in Limits.model_fields}
         limits.update(BENCH_LIMITS)
         httpx.put(
             settings.url_of("risk") + "/limits", json=limits, headers=headers

@@ -277,7 +277,8 @@ def _vault_health(settings: Settings) -> dict[str, object] | None:
 
 def init_and_unseal(settings: Settings) -> None:
     """Initialise the embedded OpenBao once (1 key share) and unseal it from the key file."""
-    client = hvac.Client(url=settings.resolved_vault_addr(), timeout=10)
+    # Generous: the first init writes raft state and takes seconds, more on a busy machine.
+    client = hvac.Client(url=settings.resolved_vault_addr(), timeout=120)
     health = _vault_health(settings)
     deadline = time.monotonic() + 30
     while health is None and time.monotonic() < deadline:  # slow to answer is not "empty"
