@@ -50,7 +50,7 @@ def create(body: Body) -> dict[str, str]:
     return {"symbol": body.symbol, "status": "filled"}
 """
 BENCH_LIMITS = {
-    "max_orders_per_minute": 1_000_000,
+    "max_orders_per_minute": 100_000,
     "duplicate_window_s": 0,
     "max_order_notional": "1000000",
     "max_position_pct": "1",

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from prometheus_client import Histogram
 
 from agents.execution.endpoints import router
 from agents.execution.exchanges import ExchangeRegistry
@@ -15,6 +16,7 @@ from agents.execution.service import SERVICE, OrderService
 from agents.execution.settings import ExecutionSettings
 from agents.execution.sync import Reconciler
 from common.contracts import TRADING_STATE_CHANNEL, ApplyTradingState, TradingState
+from common.metrics import LATENCY_BUCKETS
 from common.outbox import OutboxRelay
 from common.service import Kit, create_service
 
@@ -41,6 +43,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     assert kit.session_factory is not None and kit.agents is not None
     exchanges = ExchangeRegistry(settings, kit.vault)
     orders = OrderService(kit.session_factory, kit.agents, exchanges)
+    orders.stage_seconds = Histogram(
+        "volex_order_stage_seconds",
+        "Time spent in each stage of POST /orders",
+        ["stage"],
+        buckets=LATENCY_BUCKETS,
+        registry=kit.metrics.registry,
+    )
     relay = OutboxRelay(SERVICE, kit.session_factory, kit.agents)
     orders.wake_relay = relay.wake.set
     reconciler = Reconciler(orders, settings.unknown_grace)

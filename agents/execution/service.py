@@ -9,13 +9,16 @@ by client order id (sync.py); nothing is ever re-sent blindly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from prometheus_client import Histogram
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -76,6 +79,16 @@ class OrderService:
         self.agents = agents
         self.exchanges = exchanges
         self.wake_relay: Callable[[], None] = lambda: None
+        self.stage_seconds: Histogram | None = None  # set by the app: per-stage latency
+
+    @contextlib.contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.stage_seconds is not None:
+                self.stage_seconds.labels(name).observe(time.perf_counter() - started)
 
     # --- database helpers --------------------------------------------------------------
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -116,9 +129,6 @@ class OrderService:
         await self.exchanges.ensure(req.exchange)  # live: keys re-read from Vault, fail closed
         market = await self.exchanges.market(req.exchange, req.symbol)
         cid = req.client_order_id or f"vx-{uuid.uuid4().hex[:24]}"
-        existing = await self.db(self._find, cid)
-        if existing is not None:
-            return _same_request(existing, req), False
         mid, age = await self._mark(req.exchange, req.symbol)
         amount = _amount(req, market, mid)
         _check_brackets(req, mid)
@@ -138,18 +148,20 @@ class OrderService:
             "role": "entry",
             "requested_by": caller.name,
         }
-        order = await self.db(self._claim, values, caller.name)
+        with self._stage("claim"):
+            order = await self.db(self._claim, values, caller.name)
         self.wake_relay()
-        if order is None:  # lost the race for this client order id: same order
+        if order is None:  # the client order id is taken (a retry, or a race): same order
             found = await self.db(self._find, cid)
             assert found is not None
-            return found, False
+            return _same_request(found, req), False
         try:
             await self._approve(order, market, mid, age)
         except VolexError as exc:
             await self.db(self._finish, order.id, "rejected", exc.message, caller.name)
             raise
-        return await self.send(order), True
+        with self._stage("send_and_record"):
+            return await self.send(order), True
 
     async def _mark(self, exchange: str, symbol: str) -> tuple[Decimal, int]:
         try:
@@ -160,9 +172,8 @@ class OrderService:
             ) from exc
 
     async def _approve(self, order: Order, market: Market, mid: Decimal, age_ms: int) -> None:
-        portfolio, resting = await asyncio.gather(
-            self.portfolio(order.exchange), self.db(self._resting, order)
-        )
+        with self._stage("portfolio"):
+            portfolio, resting = await self.portfolio(order.exchange, order)
         pre_trade = PreTradeRequest(
             client_order_id=order.client_order_id,
             exchange=order.exchange,
@@ -190,11 +201,12 @@ class OrderService:
             resting_orders=resting,
             requested_by=order.requested_by,
         )
-        answers: tuple[Any, ...] = await asyncio.gather(
-            self.agents.risk.post("/checks/pre-trade", json=pre_trade.model_dump(mode="json")),
-            self.agents.compliance.post("/checks/policy", json=policy.model_dump(mode="json")),
-            return_exceptions=True,
-        )
+        with self._stage("checks"):
+            answers: tuple[Any, ...] = await asyncio.gather(
+                self.agents.risk.post("/checks/pre-trade", json=pre_trade.model_dump(mode="json")),
+                self.agents.compliance.post("/checks/policy", json=policy.model_dump(mode="json")),
+                return_exceptions=True,
+            )
         risk, compliance = answers
         for name, answer in (("risk", risk), ("compliance", compliance)):
             if isinstance(answer, ServiceUnavailable):
@@ -218,14 +230,6 @@ class OrderService:
         except VolexError:
             return message
         return f"trading is {state.get('state')}: {state.get('reason')} ({message})"
-
-    def _resting(self, order: Order) -> list[RestingOrder]:
-        with self.sessions() as session:
-            return [
-                RestingOrder(side=OrderSide(o.side), price=o.price, amount=o.amount - o.filled)
-                for o in repo.live(session, order.exchange)
-                if o.symbol == order.symbol and o.price is not None and o.amount > o.filled
-            ]
 
     async def send(self, order: Order) -> Order:
         """Hand an approved (claimed) order to its exchange and record what came back."""
@@ -342,10 +346,14 @@ class OrderService:
         )
 
     # --- portfolio -----------------------------------------------------------------------------
-    async def portfolio(self, exchange: str) -> PortfolioView:
+    async def portfolio(
+        self, exchange: str, order: Order | None = None
+    ) -> tuple[PortfolioView, list[RestingOrder]]:
+        """The account as risk should see it, and our resting orders beside `order`."""
         adapter = self.exchanges.get(exchange)
         balances = await adapter.fetch_balance()
-        rows = await self.db(self._positions, exchange)
+        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        rows, realized, resting = await self.db(self._book, exchange, today, order)
         views = []
         for row in rows:
             mark, _ = await self._mark(exchange, row.symbol)
@@ -362,19 +370,32 @@ class OrderService:
         cash = balances["USDT"].free if "USDT" in balances else Decimal(0)
         total_quote = balances["USDT"].total if "USDT" in balances else Decimal(0)
         equity = total_quote + sum((v.amount * v.mark_price for v in views), Decimal(0))
-        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        realized = await self.db(self._realized_since, today)
-        return PortfolioView(
+        view = PortfolioView(
             equity=max(equity, Decimal(0)), cash=cash, positions=views, realized_pnl_today=realized
         )
+        return view, resting
+
+    def _book(
+        self, exchange: str, since: datetime, order: Order | None
+    ) -> tuple[list[Any], Decimal, list[RestingOrder]]:
+        """Positions, today's realized PnL and resting orders, in one session."""
+        with self.sessions() as session:
+            rows = list(repo.positions(session, exchange))
+            realized = repo.realized_since(session, since)
+            resting = (
+                []
+                if order is None
+                else [
+                    RestingOrder(side=OrderSide(o.side), price=o.price, amount=o.amount - o.filled)
+                    for o in repo.live(session, order.exchange)
+                    if o.symbol == order.symbol and o.price is not None and o.amount > o.filled
+                ]
+            )
+        return rows, realized, resting
 
     def _positions(self, exchange: str) -> list[Any]:
         with self.sessions() as session:
             return list(repo.positions(session, exchange))
-
-    def _realized_since(self, since: datetime) -> Decimal:
-        with self.sessions() as session:
-            return repo.realized_since(session, since)
 
     async def halt(self, reason: str) -> None:
         try:

@@ -207,7 +207,7 @@ class Reconciler:
     async def snapshot(self) -> None:
         """Tell risk what the account is worth: its drawdown breaker and VaR feed on this."""
         for exchange in self.orders.exchanges.adapters:
-            portfolio = await self.orders.portfolio(exchange)
+            portfolio, _ = await self.orders.portfolio(exchange)
             await self.orders.agents.risk.post(
                 "/portfolio/snapshots", json=portfolio.model_dump(mode="json")
             )

@@ -406,7 +406,7 @@ class SimExchange(ExchangeAdapter):
         return order.view([self._ledger.trades[t] for t in order.trade_ids])
 
     async def _save(self) -> None:
-        await asyncio.to_thread(self._store.write, self._ledger.dumps())
+        await asyncio.to_thread(self._store.save, self._ledger)
 
     async def _sync(self) -> int:
         async with self._lock:

@@ -25,7 +25,9 @@ from common.contracts import OrderSide, OrderType
 from common.money import quantize
 
 STATE_FILE = "sim-account.json"
+JOURNAL_FILE = "sim-account.journal"
 LOCK_FILE = "sim-account.lock"
+COMPACT_EVERY = 500  # journal entries before the snapshot is rewritten
 STATE_VERSION = 1
 ZERO = Decimal(0)
 
@@ -288,8 +290,43 @@ class Ledger:
         return ledger
 
 
+def ledger_delta(
+    ledger: Ledger, since_order: int, since_trade: int, was_open: set[str]
+) -> dict[str, Any]:
+    """What changed since the last save: new orders and trades, and every order that was
+    or is open (a closed order never changes again), plus the balances."""
+    changed = [
+        o
+        for o in ledger.orders.values()
+        if o.status == "open" or o.id in was_open or int(o.id) >= since_order
+    ]
+    trades = [t for t in ledger.trades.values() if int(t.id) >= since_trade]
+    return {
+        "balances": {k: str(v) for k, v in sorted(ledger.balances.items())},
+        "next_order": ledger.next_order,
+        "next_trade": ledger.next_trade,
+        "orders": [o.to_json() for o in changed],
+        "trades": [trade_to_json(t) for t in trades],
+    }
+
+
+def apply_delta(ledger: Ledger, delta: dict[str, Any]) -> None:
+    ledger.balances = {k: Decimal(v) for k, v in delta["balances"].items()}
+    ledger.next_order, ledger.next_trade = delta["next_order"], delta["next_trade"]
+    for raw in delta["orders"]:
+        ledger.add_order(SimOrder.from_json(raw))
+    for raw in delta["trades"]:
+        trade = trade_from_json(raw)
+        ledger.trades[trade.id] = trade
+
+
 class StateStore:
-    """The account file under `directory`, locked for this process while open."""
+    """The account under `directory`, locked for this process while open.
+
+    A snapshot (`sim-account.json`) plus an append-only journal of changes: each save
+    appends one fsync'd line, so a save costs the same with ten orders or a million;
+    every COMPACT_EVERY saves the snapshot is rewritten and the journal emptied.
+    """
 
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -304,13 +341,46 @@ class StateStore:
                 f"sim state in {directory} is in use by another SimExchange; "
                 "close it first (one process owns a sim account)"
             ) from None
+        self._entries = 0
         # Closing the descriptor releases the lock, also when the owner is just dropped.
         self._finalizer = weakref.finalize(self, os.close, self._lock_fd)
 
     def load(self) -> Ledger | None:
         if not self.path.exists():
             return None
-        return Ledger.loads(self.path.read_text(encoding="utf-8"))
+        ledger = Ledger.loads(self.path.read_text(encoding="utf-8"))
+        journal = self.path.with_name(JOURNAL_FILE)
+        if journal.exists():
+            for line in journal.read_text(encoding="utf-8").splitlines():
+                try:
+                    apply_delta(ledger, json.loads(line))
+                except ValueError:
+                    break  # a torn last line from a crash mid-write: its call never returned
+        self._mark_saved(ledger)
+        return ledger
+
+    def _mark_saved(self, ledger: Ledger) -> None:
+        self._since = (ledger.next_order, ledger.next_trade)
+        self._open = {o.id for o in ledger.open_orders()}
+
+    def save(self, ledger: Ledger) -> None:
+        """Make the ledger durable: one journal line, or a fresh snapshot now and then."""
+        if not hasattr(self, "_since") or self._entries >= COMPACT_EVERY:
+            self.write(ledger.dumps())
+            self.path.with_name(JOURNAL_FILE).unlink(missing_ok=True)
+            self._entries = 0
+        else:
+            line = json.dumps(ledger_delta(ledger, *self._since, self._open)) + "\n"
+            fd = os.open(
+                self.path.with_name(JOURNAL_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+            )
+            try:
+                os.write(fd, line.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._entries += 1
+        self._mark_saved(ledger)
 
     def write(self, text: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".sim-account.", suffix=".tmp", dir=self.path.parent)

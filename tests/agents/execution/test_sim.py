@@ -460,3 +460,26 @@ async def test_a_partly_filled_limit_keeps_resting_until_the_price_trades_throug
     assert done.filled == done.amount and [t.taker for t in done.trades] == [True, False]
     assert done.trades[1].price == asks[0][0] and done.trades[1].amount == D("0.1")
     assert done.average == asks[0][0]
+
+
+async def test_journal_replays_and_compacts_to_the_same_state(
+    make_sim: SimFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents.execution.exchange import sim_state
+
+    monkeypatch.setattr(sim_state, "COMPACT_EVERY", 7)
+    sim = make_sim("journal")
+    for i in range(20):  # crosses the compaction point twice
+        side = "buy" if i % 2 == 0 else "sell"
+        await sim.create_order(BTC, side, "market", D("0.001"), client_order_id=f"j{i}")
+    before = (await sim.fetch_balance(), await sim.fetch_my_trades(), await sim.fetch_open_orders())
+    await sim.close()
+    again = make_sim("journal")
+    assert (
+        await again.fetch_balance(),
+        await again.fetch_my_trades(),
+        await again.fetch_open_orders(),
+    ) == before
+    assert (await again.fetch_order_by_client_id("j19", BTC)) is not None
+    with pytest.raises(InvalidOrder):  # the client ids came back too: still no duplicates
+        await again.create_order(BTC, "buy", "market", D("0.001"), client_order_id="j3")
