@@ -26,13 +26,17 @@ from common.errors import Conflict, ServiceUnavailable, VolexError
 log = logging.getLogger(__name__)
 
 
-def make_engine(url: str, *, connect_timeout: int = 3, pool_size: int = 5) -> Engine:
+DB_POOL_SIZE = 10
+DB_MAX_OVERFLOW = 20
+
+
+def make_engine(url: str, *, connect_timeout: int = 3, pool_size: int = DB_POOL_SIZE) -> Engine:
     """An engine that notices a restarted server (pre-ping) and never hangs on connect."""
     return create_engine(
         url,
         pool_pre_ping=True,
         pool_size=pool_size,
-        max_overflow=10,
+        max_overflow=DB_MAX_OVERFLOW,
         pool_recycle=1800,
         pool_timeout=5,
         connect_args={

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,13 @@ from common.auth import (
     require_caller,
 )
 from common.clients import Agents
-from common.db import check_database, make_engine, make_session_factory
+from common.db import (
+    DB_MAX_OVERFLOW,
+    DB_POOL_SIZE,
+    check_database,
+    make_engine,
+    make_session_factory,
+)
 from common.errors import PROBLEM_RESPONSES, ServiceUnavailable
 from common.events import EventBus
 from common.logging import configure_logging, register_secret
@@ -210,6 +217,11 @@ def _make_lifespan(
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Blocking work (SQLAlchemy, hvac) runs in threads: size the pool to the DB pool,
+        # not to the CPU count, or requests queue for a thread while connections idle.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=DB_POOL_SIZE + DB_MAX_OVERFLOW, thread_name_prefix="io")
+        )
         _open(kit)
         try:
             await asyncio.to_thread(_load_identity, kit)

@@ -124,10 +124,33 @@ def reset_peak(session: Session, peak: Decimal) -> tuple[Decimal, Decimal]:
 
 
 # --- check decisions -----------------------------------------------------------------------
-def recent_approved(session: Session, now: datetime, seconds: int) -> list[RecentOrder]:
+def approved_since(session: Session, now: datetime, seconds: int, exclude: str) -> int:
+    """How many other orders were approved in the last `seconds` (counted in SQL)."""
+    return int(
+        session.execute(
+            select(func.count(func.distinct(RiskCheck.client_order_id))).where(
+                RiskCheck.approved.is_(True),
+                RiskCheck.checked_at > now - timedelta(seconds=seconds),
+                RiskCheck.client_order_id != exclude,
+            )
+        ).scalar_one()
+    )
+
+
+def recent_approved(
+    session: Session, now: datetime, seconds: int, like: PreTradeRequest | None = None
+) -> list[RecentOrder]:
+    """Approved decisions of the last `seconds`; with `like`, only look-alikes of it."""
     query = select(RiskCheck).where(
         RiskCheck.approved.is_(True), RiskCheck.checked_at > now - timedelta(seconds=seconds)
     )
+    if like is not None:
+        query = query.where(
+            RiskCheck.exchange == like.exchange,
+            RiskCheck.symbol == like.symbol,
+            RiskCheck.side == like.side.value,
+            RiskCheck.amount == like.amount,
+        )
     return [
         RecentOrder(
             client_order_id=row.client_order_id,

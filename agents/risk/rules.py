@@ -54,6 +54,9 @@ class CheckContext:
     state: TradingState = TradingState.ACTIVE
     peak_equity: Decimal = ZERO  # the highest equity seen before this request
     recent_approved: Sequence[RecentOrder] = ()
+    # Counted by the database when set, so a busy minute is not loaded row by row;
+    # otherwise derived from `recent_approved`.
+    approved_last_minute: int | None = None
 
 
 Rule = Callable[[PreTradeRequest, Limits, CheckContext], CheckResult]
@@ -250,12 +253,15 @@ def check_drawdown(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> C
 
 def check_rate(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> CheckResult:
     rule, limit = "max_orders_per_minute", limits.max_orders_per_minute
-    earlier = {
-        o.client_order_id
-        for o in ctx.recent_approved
-        if o.age_s <= RATE_WINDOW_S and o.client_order_id != req.client_order_id
-    }
-    count = len(earlier) + 1
+    if ctx.approved_last_minute is not None:
+        count = ctx.approved_last_minute + 1
+    else:
+        earlier = {
+            o.client_order_id
+            for o in ctx.recent_approved
+            if o.age_s <= RATE_WINDOW_S and o.client_order_id != req.client_order_id
+        }
+        count = len(earlier) + 1
     what = f"orders approved in the last {RATE_WINDOW_S} s with this one:"
     return _within(rule, what, str(count), count <= limit, limit)
 

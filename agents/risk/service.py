@@ -128,11 +128,16 @@ def pre_trade(session: Session, req: PreTradeRequest, actor: str, service: str) 
     halted = _halt_on_drawdown(session, req.portfolio.equity, peak_before, limits, state, service)
     if halted is not None:
         state = halted.state
-    window = max(rules.RATE_WINDOW_S, limits.duplicate_window_s)
     context = rules.CheckContext(
         state=state,
         peak_equity=peak_before,
-        recent_approved=repo.recent_approved(session, now, window),
+        # Only look-alikes for the duplicate rule; the rate rule gets a count.
+        recent_approved=repo.recent_approved(session, now, limits.duplicate_window_s, like=req)
+        if limits.duplicate_window_s
+        else [],
+        approved_last_minute=repo.approved_since(
+            session, now, rules.RATE_WINDOW_S, req.client_order_id
+        ),
     )
     results = rules.evaluate(req, limits, context)
     approved = all(result.passed for result in results)
