@@ -7,6 +7,7 @@ whenever it approves, recomputes every limit here, independently of the rules mo
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from decimal import ROUND_DOWN, Context, Decimal, localcontext
 from typing import Any
 
@@ -154,45 +155,64 @@ def _lots_at_risk(req: PreTradeRequest, limits: Limits, price: Decimal) -> Decim
     return total + mine * abs(after) / abs(before)  # reduced
 
 
-def broken_limits(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> list[str]:
-    broken: list[str] = []
+@dataclass(frozen=True)
+class Measured:
+    """The numbers each limit is about, for one order on one book."""
+
+    smaller: bool  # the order shrinks its position without flipping it
+    price: Decimal | None
+    amounts: dict[str, Decimal]  # limit name -> the case's value for it
+
+
+def measure(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> Measured:
     book = req.portfolio
     here = [p for p in book.positions if (p.exchange, p.symbol) == (req.exchange, req.symbol)]
     before = sum((p.amount for p in here), Decimal(0))
     after = before + (req.amount if req.side is OrderSide.buy else -req.amount)
     smaller = before != 0 and before * after >= 0 and abs(after) < abs(before)
-    allowed_anyway = req.reduce_only and smaller
     price = req.reference_price if req.type is OrderType.market else req.price
     price = price if price is not None else req.reference_price
-    if ctx.state is not TradingState.ACTIVE and not allowed_anyway:
-        broken.append("trading state")
-    if req.reduce_only and not smaller:
-        broken.append("reduce only")
-    if price is None:
-        return [*broken, "no price"]
-    if req.amount * price > limits.max_order_notional:
-        broken.append("order notional")
-    if not smaller and book.equity <= 0:
-        broken.append("no equity")
-    elif not smaller:
-        if abs(after) * price > limits.max_position_pct * book.equity:
-            broken.append("position")
-        others = [p for p in book.positions if p not in here]
-        gross = sum((abs(p.amount) * p.mark_price for p in others), Decimal(0)) + abs(after) * price
-        if gross > limits.max_gross_exposure_pct * book.equity:
-            broken.append("gross")
-        if _lots_at_risk(req, limits, price) > limits.max_heat_pct * book.equity:
-            broken.append("heat")
     pnl = book.realized_pnl_today + sum(
         (p.amount * (p.mark_price - p.entry_price) for p in book.positions), Decimal(0)
     )
-    if -pnl > limits.daily_loss_limit and not allowed_anyway:
-        broken.append("daily loss")
     peak = max(ctx.peak_equity, book.equity)
-    if peak > 0 and (peak - book.equity) > limits.max_drawdown_pct * peak and not allowed_anyway:
-        broken.append("drawdown")
-    broken += _flow_limits(req, limits, ctx, price)
-    return broken
+    amounts = {
+        "daily_loss_limit": -pnl,
+        "max_drawdown_pct": (peak - book.equity) / peak if peak > 0 else Decimal(0),
+    }
+    if price is not None:
+        amounts["max_order_notional"] = req.amount * price
+    if price is not None and book.equity > 0:
+        others = [p for p in book.positions if p not in here]
+        gross = sum((abs(p.amount) * p.mark_price for p in others), Decimal(0))
+        amounts["max_position_pct"] = abs(after) * price / book.equity
+        amounts["max_gross_exposure_pct"] = (gross + abs(after) * price) / book.equity
+        amounts["max_heat_pct"] = _lots_at_risk(req, limits, price) / book.equity
+    return Measured(smaller, price, amounts)
+
+
+def broken_limits(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> list[str]:
+    m = measure(req, limits, ctx)
+    broken = [
+        name
+        for name, value in m.amounts.items()
+        if value > getattr(limits, name)
+        and not (name in EXPOSURE and m.smaller)
+        and not (name in REDUCE_ONLY_PASSES and req.reduce_only and m.smaller)
+    ]
+    if ctx.state is not TradingState.ACTIVE and not (req.reduce_only and m.smaller):
+        broken.append("trading state")
+    if req.reduce_only and not m.smaller:
+        broken.append("reduce only")
+    if m.price is None:
+        return [*broken, "no price"]
+    if req.portfolio.equity <= 0 and not m.smaller:
+        broken.append("no equity")
+    return broken + _flow_limits(req, limits, ctx, m.price)
+
+
+EXPOSURE = {"max_position_pct", "max_gross_exposure_pct", "max_heat_pct"}
+REDUCE_ONLY_PASSES = {"daily_loss_limit", "max_drawdown_pct"}
 
 
 def _flow_limits(
@@ -228,10 +248,25 @@ def _flow_limits(
 
 
 # --- properties ----------------------------------------------------------------------------
+CAPS = {"max_heat_pct": Decimal(1), "max_drawdown_pct": Decimal(1)}
+CAPS |= {"max_position_pct": Decimal(100), "max_gross_exposure_pct": Decimal(100)}
+
+
 @st.composite
 def cases(draw: st.DrawFn) -> tuple[PreTradeRequest, Limits, CheckContext]:
+    """A request, limits and context; some limits are then set within 10 % of the case's own
+    numbers, so that orders right at and around each limit come up often."""
     req = draw(requests())
-    return req, draw(limits_), draw(contexts(req))
+    ctx = draw(contexts(req))
+    limits = draw(limits_)
+    amounts = measure(req, limits, ctx).amounts
+    near = draw(st.lists(st.sampled_from(sorted(amounts)), max_size=3, unique=True))
+    update = {}
+    for name in near:
+        value = (amounts[name] * draw(dec("0.9", "1.1", 3))).quantize(Decimal("1e-9"))
+        if value > 0:
+            update[name] = min(value, CAPS.get(name, Decimal("1e12")))
+    return req, Limits.model_validate({**limits.model_dump(), **update}), ctx
 
 
 def test_no_approved_order_breaks_a_limit() -> None:
@@ -272,8 +307,6 @@ def test_every_broken_limit_is_rejected() -> None:
 
 
 # --- bad numbers stop at the boundary ------------------------------------------------------
-NON_POSITIVE = [float("nan"), "NaN", "nan", "sNaN", "Infinity", "-Infinity", "inf"]
-NON_POSITIVE += [float("inf"), float("-inf"), 0, 0.0, "0", "-0", "0.000"]
 NON_POSITIVE = [float("nan"), "NaN", "nan", "sNaN", "Infinity", "-Infinity", "inf"]
 NON_POSITIVE += [float("inf"), float("-inf"), 0, 0.0, "0", "-0", "0.000"]
 NEGATIVE = st.decimals(max_value=Decimal("-1e-6"), allow_nan=False, allow_infinity=False, places=6)
