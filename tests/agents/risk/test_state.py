@@ -116,6 +116,24 @@ def test_only_the_operator_resumes(risk: Risk) -> None:
         risk.resume()
 
 
+def test_halt_succeeds_with_execution_and_redis_down(risk: Risk) -> None:
+    stack = risk.stack
+    stack.volex("stop", "execution")
+    stack.volex("stop", "redis")
+    try:
+        change = risk.halt("execution and redis outage test", flatten=True)
+        assert change["state"]["state"] == "HALTED" and risk.state()["state"] == "HALTED"
+        assert change["broadcast"]["published"] is False
+        assert change["execution"]["applied"] is False
+        assert "execution is unreachable" in change["execution"]["detail"]
+    finally:
+        stack.volex("start", "redis")
+        stack.volex("start", "execution")
+        risk.resume()
+    for name in ("execution", "risk"):
+        stack.wait_for(lambda n=name: stack.healthy(n), timeout=120, what=f"{name} back")
+
+
 def test_halt_succeeds_while_compliance_is_down_and_the_event_waits(risk: Risk) -> None:
     """Events go out oldest first, so retries show on the head of the queue; the halt's
     event waits behind it, undelivered, until compliance takes what is ahead of it."""
