@@ -4,8 +4,9 @@ Events are sent oldest first. While compliance is down, answers 404 (not deploye
 yet) or refuses our token, the flusher stops at the first failure and retries the
 same event with a growing pause (up to MAX_BACKOFF_S), so the log keeps its order
 and nothing is lost. Each event carries `event_id` (to drop a redelivery) and
-`occurred_at` (it may arrive late) in its data. An event compliance rejects as invalid (400/409/422) is set
-aside for REJECTED_RETRY_S so it cannot block the ones behind it; it is retried too.
+`occurred_at` (it may arrive late) in its data. An event compliance rejects as
+invalid (400/409/422) is set aside for REJECTED_RETRY_S so it cannot block the ones
+behind it; it is retried too.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class Risk:
     def request(
         self, method: str, path: str, *, token: str | None = None, **kwargs: Any
     ) -> httpx.Response:
-        headers = self.stack.auth(token)
+        headers = {**self.stack.auth(token), **kwargs.pop("headers", {})}
         return httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
