@@ -102,8 +102,9 @@ def test_an_unrecovered_drawdown_lasts_until_the_last_snapshot(risk: Risk) -> No
 
 def test_a_snapshot_past_the_drawdown_limit_halts_trading(risk: Risk) -> None:
     try:
-        stored = snapshot(risk, "70000")
+        stored, event = risk.broadcast_during(lambda: snapshot(risk, "70000"))
         assert stored["state"] == "HALTED" and Decimal(stored["drawdown_pct"]) == Decimal("0.3")
+        assert event["state"] == "HALTED" and event["changed_by"] == "risk"  # sent after the answer
         state = risk.state()
         assert state["state"] == "HALTED" and state["changed_by"] == "risk"
         assert (
