@@ -7,7 +7,14 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from common.contracts import (
     ApplyTradingStateResult,
@@ -181,7 +188,9 @@ class PositionSize(BaseModel):
 
 # --- snapshots, exposure, drawdown, VaR ------------------------------------------------------
 class SnapshotIn(PortfolioView):
-    taken_at: datetime | None = Field(None, description="default: when risk receives it")
+    taken_at: AwareDatetime | None = Field(
+        None, description="with a time zone; default: when risk receives it"
+    )
 
 
 class SnapshotOut(BaseModel):

@@ -10,7 +10,7 @@ execution is usually the caller, waiting for our answer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy.orm import Session
@@ -40,6 +40,7 @@ from common.models.risk import RiskEquitySnapshot
 from common.money import quantize
 
 MAX_SERIES = 100_000
+MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 
 def require_operator(caller: Caller, action: str) -> None:
@@ -215,7 +216,13 @@ def record_snapshot(
     drawdown breaker; a backfilled one is history only."""
     state_row = repo.lock_state(session)
     latest = repo.latest_snapshot(session)
-    taken_at = snapshot.taken_at or repo.db_now(session)
+    now = repo.db_now(session)
+    taken_at = snapshot.taken_at or now
+    if taken_at > now + MAX_CLOCK_SKEW:
+        # A future snapshot would make every real one look like backfill to the breaker.
+        raise Unprocessable(
+            f"taken_at {taken_at.isoformat()} is in the future (now {now.isoformat()})"
+        )
     positions = [p.model_dump(mode="json") for p in snapshot.positions]
     gross, net = analytics.gross_and_net(positions)
     repo.insert_snapshot(

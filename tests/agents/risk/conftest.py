@@ -8,9 +8,11 @@ peak at 100000 (the equity of `Risk.order()`), and trading ACTIVE before and aft
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +21,8 @@ import pytest
 from sqlalchemy import text
 
 from common.auth import api_token_path
+from common.contracts import TRADING_STATE_CHANNEL
+from common.events import CHANNEL_PREFIX, EventBus
 from tests.conftest import Stack
 
 EQUITY = Decimal(100000)
@@ -138,6 +142,29 @@ class Risk:
         if kind is not None:
             sql += " AND kind = :kind"
         return self.rows(sql + " ORDER BY id", last_id=last_id, kind=kind)
+
+    def broadcast_during(self, action: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
+        """Run `action` while subscribed to the trading-state channel: (its result, the
+        first trading-state event published after it started)."""
+
+        async def listen() -> tuple[Any, dict[str, Any]]:
+            bus = EventBus(self.stack.settings.resolved_redis_url())
+            pubsub = bus.redis.pubsub()
+            await pubsub.subscribe(CHANNEL_PREFIX + TRADING_STATE_CHANNEL)
+            try:
+                confirmed = await pubsub.get_message(timeout=5)
+                assert confirmed and confirmed["type"] == "subscribe"
+                result = await asyncio.to_thread(action)
+                message = None
+                while message is None or message["type"] != "message":
+                    message = await pubsub.get_message(timeout=10)
+                    assert message is not None, "no trading-state event within 10 s"
+                return result, json.loads(message["data"])
+            finally:
+                await pubsub.aclose()
+                await bus.close()
+
+        return asyncio.run(listen())
 
     def outbox_mark(self) -> int:
         return int(self.rows("SELECT coalesce(max(id), 0) AS id FROM risk_audit_outbox")[0]["id"])

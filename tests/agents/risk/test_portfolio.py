@@ -82,6 +82,13 @@ def test_drawdown_statistics_from_snapshots(risk: Risk) -> None:
     assert Decimal(body["peak_equity"]) == EQUITY and risk.state()["state"] == "ACTIVE"
 
 
+@pytest.mark.parametrize("taken_at", ["2002-03-01T00:00:00", "2999-01-01T00:00:00+00:00"])
+def test_snapshot_times_need_a_zone_and_no_future(risk: Risk, taken_at: str) -> None:
+    body = {"equity": "1000", "cash": "1000", "taken_at": taken_at}
+    response = risk.post("/portfolio/snapshots", body)
+    assert response.status_code == 422 and "taken_at" in response.json()["detail"]
+
+
 def test_an_unrecovered_drawdown_lasts_until_the_last_snapshot(risk: Risk) -> None:
     since, until = backfill(
         risk, datetime(2003, 1, 1, tzinfo=UTC), [Decimal(v) for v in (200, 150, 180, 190)]
@@ -95,8 +102,9 @@ def test_an_unrecovered_drawdown_lasts_until_the_last_snapshot(risk: Risk) -> No
 
 def test_a_snapshot_past_the_drawdown_limit_halts_trading(risk: Risk) -> None:
     try:
-        stored = snapshot(risk, "70000")
+        stored, event = risk.broadcast_during(lambda: snapshot(risk, "70000"))
         assert stored["state"] == "HALTED" and Decimal(stored["drawdown_pct"]) == Decimal("0.3")
+        assert event["state"] == "HALTED" and event["changed_by"] == "risk"  # sent after the answer
         state = risk.state()
         assert state["state"] == "HALTED" and state["changed_by"] == "risk"
         assert (

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any
 
 import httpx
 import pytest
 
-from common.contracts import TRADING_STATE_CHANNEL
-from common.events import CHANNEL_PREFIX, EventBus
 from tests.agents.risk.conftest import Risk
 
 pytestmark = pytest.mark.usefixtures("baseline")
@@ -57,25 +53,8 @@ def test_halting_twice_updates_the_reason(risk: Risk) -> None:
 
 
 def test_state_changes_are_broadcast_on_redis(risk: Risk) -> None:
-    async def listen() -> tuple[dict[str, Any], dict[str, Any]]:
-        bus = EventBus(risk.stack.settings.resolved_redis_url())
-        pubsub = bus.redis.pubsub()
-        await pubsub.subscribe(CHANNEL_PREFIX + TRADING_STATE_CHANNEL)
-        try:
-            confirmed = await pubsub.get_message(timeout=5)
-            assert confirmed and confirmed["type"] == "subscribe"
-            change = await asyncio.to_thread(risk.halt, "broadcast test")
-            message = None
-            while message is None or message["type"] != "message":
-                message = await pubsub.get_message(timeout=10)
-                assert message is not None, "no trading-state message within 10 s"
-            return change, json.loads(message["data"])
-        finally:
-            await pubsub.aclose()
-            await bus.close()
-
     try:
-        change, event = asyncio.run(listen())
+        change, event = risk.broadcast_during(lambda: risk.halt("broadcast test"))
         assert change["broadcast"]["published"] is True and change["broadcast"]["receivers"] >= 1
         assert event["state"] == "HALTED" and event["reason"] == "broadcast test"
         assert event["changed_by"] == "operator"
