@@ -7,7 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 CHANNEL_PREFIX = "volex:"
 
@@ -16,8 +20,15 @@ class EventBus:
     """Publish and subscribe JSON events; one connection pool per process."""
 
     def __init__(self, url: str, *, timeout: float = 2.0) -> None:
+        # A restarted Redis leaves dead pooled connections behind: retry once on a fresh one
+        # rather than report an outage that is already over.
         self.redis: aioredis.Redis = aioredis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            decode_responses=True,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
 
     async def ping(self) -> None:

@@ -36,6 +36,9 @@ TEST_ENV = {
     "VOLEX_VAULT_PORT": str(18300 + PORT_OFFSET),
     # Quick token pick-up so rotation and outage tests do not wait 30 s.
     "VOLEX_SECRETS_REFRESH_INTERVAL": "2",
+    # Risk's tests post synthetic portfolios (equity 100,000); execution's real 10,000 USDT
+    # snapshots in between would trip the drawdown breaker and halt the fleet mid-test.
+    "VOLEX_SNAPSHOT_INTERVAL": "86400",
 }
 # Variables that would point a test fleet at someone else's servers.
 _FOREIGN = ("DATABASE_URL", "REDIS_URL", "VAULT_ADDR", "VAULT_TOKEN")

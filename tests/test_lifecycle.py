@@ -30,7 +30,13 @@ def test_status_reports_all_nine_services_healthy(stack: Stack) -> None:
     webui = next(e for e in entries if e["name"] == "webui")
     assert set(webui["dependencies"]) == {"vault"}  # type: ignore[arg-type]
     execution = next(e for e in entries if e["name"] == "execution")
-    assert set(execution["dependencies"]) == {"database", "vault", "redis"}  # type: ignore[arg-type]
+    # Execution also reports whether its start-up reconciliation is done.
+    assert set(execution["dependencies"]) == {  # type: ignore[arg-type]
+        "database",
+        "vault",
+        "redis",
+        "reconciliation",
+    }
 
 
 def test_down_then_up_keeps_secrets_rows_and_tokens(stack: Stack) -> None:

@@ -214,7 +214,7 @@ class Reconciler:
 
     async def run(self, interval: float, snapshot_interval: float) -> None:
         await self.startup()
-        next_snapshot = 0.0
+        next_snapshot = time.monotonic() + snapshot_interval
         while True:
             await asyncio.sleep(interval)
             try:

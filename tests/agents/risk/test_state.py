@@ -108,8 +108,7 @@ def test_halt_succeeds_with_execution_and_redis_down(risk: Risk) -> None:
         stack.volex("start", "redis")
         stack.volex("start", "execution")
         risk.resume()
-    for name in ("execution", "risk"):
-        stack.wait_for(lambda n=name: stack.healthy(n), timeout=120, what=f"{name} back")
+    stack.wait_for(stack.all_healthy, timeout=120, what="the whole fleet back")
 
 
 def test_halt_succeeds_while_compliance_is_down_and_the_event_waits(risk: Risk) -> None:
@@ -179,4 +178,5 @@ def test_halt_without_the_database_still_reaches_execution_and_says_so(risk: Ris
         stack.volex("start", "postgres")
     # Generous: PostgreSQL restarts slowly on a busy machine.
     stack.wait_for(lambda: stack.healthy("risk"), timeout=240, what="risk to recover")
-    assert risk.state()["state"] == "ACTIVE"  # never recorded, as the 503 said
+    state = risk.state()
+    assert state["state"] == "ACTIVE", state  # never recorded, as the 503 said
