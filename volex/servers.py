@@ -106,6 +106,8 @@ def _hand_to(path: Path, user: str) -> None:
     for parent in path.parents:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
+            # Said out loud: this can reach above VOLEX_HOME (e.g. /root becomes 0701).
+            log.warning("letting PostgreSQL's account pass through %s (adding o+x)", parent)
             parent.chmod(mode | stat.S_IXOTH)
     for root, dirs, files in os.walk(path):
         os.chown(root, entry.pw_uid, entry.pw_gid)
