@@ -16,6 +16,7 @@ from common.models.outbox import OutboxEvent
 
 log = logging.getLogger(__name__)
 BATCH = 200
+GATHER_S = 0.2
 
 
 def record(session: Session, service: str, event: AuditEventIn) -> None:
@@ -33,18 +34,20 @@ class OutboxRelay:
         self.wake = asyncio.Event()
 
     async def deliver_once(self) -> int:
-        """Deliver what is queued; stop at the first failure so order is kept."""
-        delivered = 0
+        """Deliver what is queued, oldest first, as one batch (one call, one transaction
+        at compliance); on failure nothing is removed, so order is kept and retried."""
         rows = await asyncio.to_thread(self._pending)
-        for row_id, payload in rows:
-            try:
-                await self.agents.compliance.post("/audit/events", json=payload)
-            except VolexError as exc:
-                await asyncio.to_thread(self._failed, row_id, exc.message)
-                break
-            await asyncio.to_thread(self._done, row_id)
-            delivered += 1
-        return delivered
+        if not rows:
+            return 0
+        try:
+            await self.agents.compliance.post(
+                "/audit/events/batch", json=[payload for _, payload in rows]
+            )
+        except VolexError as exc:
+            await asyncio.to_thread(self._failed, rows[0][0], exc.message)
+            return 0
+        await asyncio.to_thread(self._done, [row_id for row_id, _ in rows])
+        return len(rows)
 
     async def run(self, interval: float = 1.0) -> None:
         while True:
@@ -55,6 +58,8 @@ class OutboxRelay:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), interval)
+            # Let a burst gather into one batch rather than chase every single event.
+            await asyncio.sleep(GATHER_S)
 
     def _pending(self) -> list[tuple[int, dict[str, object]]]:
         with self.sessions() as session:
@@ -66,9 +71,9 @@ class OutboxRelay:
             ).all()
         return [(row.id, row.payload) for row in rows]
 
-    def _done(self, row_id: int) -> None:
+    def _done(self, row_ids: list[int]) -> None:
         with self.sessions.begin() as session:
-            session.execute(delete(OutboxEvent).where(OutboxEvent.id == row_id))
+            session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(row_ids)))
 
     def _failed(self, row_id: int, error: str) -> None:
         with self.sessions.begin() as session:

@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 
 from agents.compliance import service
 from agents.compliance.schemas import (
@@ -18,6 +18,7 @@ from common.db import SessionDep
 from common.errors import Problem
 
 router = APIRouter()
+MAX_BATCH = 500
 FORBIDDEN: dict[int | str, dict[str, Any]] = {
     403: {"model": Problem, "description": "Not allowed for this caller"}
 }
@@ -36,6 +37,22 @@ INVALID: dict[int | str, dict[str, Any]] = {
 def post_audit_event(body: AuditEventIn, caller: CallerDep, session: SessionDep) -> AuditEventOut:
     """Append one event to the hash-chained audit log; the actor is the authenticated caller."""
     return service.record_event(session, body, caller)
+
+
+@router.post(
+    "/audit/events/batch",
+    response_model=list[AuditEventOut],
+    status_code=201,
+    tags=["audit"],
+    responses={**FORBIDDEN, **INVALID},
+)
+def post_audit_events(
+    bodies: Annotated[list[AuditEventIn], Body(min_length=1, max_length=MAX_BATCH)],
+    caller: CallerDep,
+    session: SessionDep,
+) -> list[AuditEventOut]:
+    """Append several events in order, in one transaction: all of them or none."""
+    return service.record_events(session, bodies, caller)
 
 
 @router.get("/audit", response_model=AuditPage, tags=["audit"], responses=INVALID)

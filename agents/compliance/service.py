@@ -130,6 +130,21 @@ def record_event(session: Session, body: AuditEventIn, caller: Caller) -> AuditE
     return AuditEventOut.model_validate(event, from_attributes=True)
 
 
+def record_events(
+    session: Session, bodies: list[AuditEventIn], caller: Caller
+) -> list[AuditEventOut]:
+    """Store several events in one transaction, in order: all of them or none."""
+    stored = []
+    for index, body in enumerate(bodies):
+        try:
+            stored.append(record_event(session, body, caller))
+        except RequestValidationError as exc:
+            raise RequestValidationError(
+                [{**err, "loc": ("body", index, *err["loc"][1:])} for err in exc.errors()]
+            ) from exc
+    return stored
+
+
 def list_events(
     session: Session,
     where: repo.AuditFilter,
