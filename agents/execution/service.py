@@ -131,7 +131,6 @@ class OrderService:
         cid = req.client_order_id or f"vx-{uuid.uuid4().hex[:24]}"
         mid, age = await self._mark(req.exchange, req.symbol)
         amount = _amount(req, market, mid)
-        _check_brackets(req, mid)
         values = {
             "client_order_id": cid,
             "exchange": req.exchange,
@@ -156,6 +155,7 @@ class OrderService:
             assert found is not None
             return _same_request(found, req), False
         try:
+            _check_brackets(req, mid)  # after the claim: a replay gets its order, not a 422
             await self._approve(order, market, mid, age)
         except VolexError as exc:
             await self.db(self._finish, order.id, "rejected", exc.message, caller.name)

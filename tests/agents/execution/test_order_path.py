@@ -297,3 +297,14 @@ def test_brackets_close_the_position_once_when_a_leg_fires(stack: Stack) -> None
         ).one()
     assert len(exits) == 1 and exits[0].status == "filled"  # closed once
     assert armed_after == (None, None)  # the other leg is gone with it
+
+
+def test_a_refused_order_keeps_its_client_id(stack: Stack) -> None:
+    mid = Decimal(stack.get("execution", "/ticker/sim/BTC-USDT").json()["last"])
+    cid = _cid("bad-stop")
+    above = str((mid * Decimal("1.5")).quantize(Decimal("0.01")))
+    first = order(stack, amount="0.001", stop_loss=above, client_order_id=cid)
+    assert first.status_code == 422 and "stop_loss" in first.json()["detail"]
+    again = order(stack, amount="0.001", stop_loss=above, client_order_id=cid)
+    assert again.status_code == 200, again.text  # the same (rejected) order, never a new one
+    assert again.json()["status"] == "rejected" and "stop_loss" in again.json()["reason"]
