@@ -15,7 +15,7 @@ from agents.execution.exchanges import ExchangeRegistry
 from agents.execution.service import SERVICE, OrderService
 from agents.execution.settings import ExecutionSettings
 from agents.execution.sync import Reconciler
-from common.contracts import TRADING_STATE_CHANNEL, ApplyTradingState, TradingState
+from common.contracts import TRADING_STATE_CHANNEL, ApplyTradingState
 from common.metrics import LATENCY_BUCKETS
 from common.outbox import OutboxRelay
 from common.service import Kit, create_service
@@ -25,13 +25,12 @@ settings = ExecutionSettings()
 
 
 async def _follow_trading_state(kit: Kit, reconciler: Reconciler) -> None:
-    """Apply a HALTED broadcast even if risk's direct call did not reach us."""
+    """Apply every state broadcast, even if risk's direct call did not reach us."""
     assert kit.events is not None
     while True:
         try:
             async for event in kit.events.subscribe(TRADING_STATE_CHANNEL):
-                if event.get("state") == TradingState.HALTED:
-                    await reconciler.apply(ApplyTradingState.model_validate(event))
+                await reconciler.apply(ApplyTradingState.model_validate(event))
         except Exception as exc:  # Redis down: retry; risk's HTTP call still reaches us
             log.warning("trading-state subscription lost", extra={"reason": str(exc)})
             await asyncio.sleep(1.0)

@@ -154,8 +154,8 @@ async def close_positions(
 ) -> CloseResult:
     """Close one symbol's position (or all) at market."""
     reconciler.orders.exchanges.get(exchange)
-    orders = await reconciler.close(exchange, body.symbol, f"closed by {caller.name}")
-    return CloseResult(orders=[OrderView.model_validate(o) for o in orders])
+    orders, errors = await reconciler.close(exchange, body.symbol, f"closed by {caller.name}")
+    return CloseResult(orders=[OrderView.model_validate(o) for o in orders], errors=errors)
 
 
 @router.get("/balance/{exchange}", response_model=BalanceOut, tags=["account"])

@@ -96,6 +96,7 @@ class ClosePositions(BaseModel):
 
 class CloseResult(BaseModel):
     orders: list[OrderView]
+    errors: list[str] = []
 
 
 class CancelAllResult(BaseModel):

@@ -49,6 +49,7 @@ from common.contracts import (
     PositionView,
     PreTradeRequest,
     RestingOrder,
+    TradingState,
 )
 from common.errors import Conflict, ServiceUnavailable, Unprocessable, VolexError
 from common.models import Order
@@ -80,6 +81,16 @@ class OrderService:
         self.exchanges = exchanges
         self.wake_relay: Callable[[], None] = lambda: None
         self.stage_seconds: Histogram | None = None  # set by the app: per-stage latency
+        # The trading state as last applied here (risk's call, its broadcast, or start-up):
+        # checked again right before an order leaves, after risk approved it.
+        self.gate = TradingState.ACTIVE
+        self.gate_reason = ""
+        # Orders between approval and the exchange's answer: the reconciler, cancels and
+        # the kill switch leave them alone (the kill switch waits for them).
+        self.in_flight: set[int] = set()
+        self.idle = asyncio.Event()  # set while nothing is in flight
+        self.idle.set()
+        self.ready = False  # set once start-up reconciliation is done
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -126,6 +137,10 @@ class OrderService:
     # --- placing ------------------------------------------------------------------------
     async def place(self, req: OrderRequest, caller: Caller) -> tuple[Order, bool]:
         """Place `req`; returns the order and whether this call created it."""
+        if not self.ready:
+            raise ServiceUnavailable(
+                "execution is still reconciling the orders of its last run; try again shortly"
+            )
         await self.exchanges.ensure(req.exchange)  # live: keys re-read from Vault, fail closed
         market = await self.exchanges.market(req.exchange, req.symbol)
         cid = req.client_order_id or f"vx-{uuid.uuid4().hex[:24]}"
@@ -231,8 +246,27 @@ class OrderService:
             return message
         return f"trading is {state.get('state')}: {state.get('reason')} ({message})"
 
+    def _gate_refusal(self, order: Order) -> str | None:
+        if order.reduce_only or self.gate == TradingState.ACTIVE:
+            return None
+        return f"trading is {self.gate.value}: {self.gate_reason}; only reduce-only orders go out"
+
     async def send(self, order: Order) -> Order:
         """Hand an approved (claimed) order to its exchange and record what came back."""
+        self.in_flight.add(order.id)
+        self.idle.clear()
+        try:
+            return await self._send(order)
+        finally:
+            self.in_flight.discard(order.id)
+            if not self.in_flight:
+                self.idle.set()
+
+    async def _send(self, order: Order) -> Order:
+        refusal = self._gate_refusal(order)
+        if refusal is not None:  # a halt landed between risk's approval and now
+            await self.db(self._finish, order.id, "rejected", refusal, SERVICE)
+            raise Conflict(refusal)
         adapter = self.exchanges.get(order.exchange)
         try:
             ex = await adapter.create_order(
@@ -256,7 +290,14 @@ class OrderService:
             raise ServiceUnavailable(
                 f"{order.exchange} authentication failed; trading halted"
             ) from exc
-        recorded = await self.db(self.record, order.id, ex)
+        try:
+            recorded = await self.db(self.record, order.id, ex)
+        except ServiceUnavailable as exc:
+            raise ServiceUnavailable(
+                f"{order.exchange} accepted order {order.client_order_id!r} but recording it "
+                f"failed ({exc.message}); it will be reconciled. Do not send it again: retry "
+                "with the same client_order_id to see it."
+            ) from exc
         self.wake_relay()
         return recorded
 
@@ -269,9 +310,12 @@ class OrderService:
             order.exchange_order_id = ex.id
             for trade in ex.trades:
                 self._record_trade(session, order, trade)
+            if ex.filled < order.filled:  # an older answer arrived late: keep the newer one
+                return order
             order.filled, order.fee = ex.filled, ex.fee
             order.average_price = ex.average
             status = status_of(ex)
+            was_final = order.status in repo.FINAL
             if status != order.status:
                 audit(
                     session,
@@ -282,7 +326,8 @@ class OrderService:
                     exchange_order_id=ex.id,
                 )
                 order.status = status
-            if status == "filled" and order.role == "entry":
+            armable = order.role == "entry" and order.filled > 0
+            if armable and status in repo.FINAL and not was_final:
                 _arm_position(session, order)
             return order
 
@@ -463,7 +508,10 @@ def _check_brackets(req: OrderRequest, mid: Decimal) -> None:
 
 
 def _arm_position(session: Session, order: Order) -> None:
+    """Attach the order's protective legs to the position it opened or added to."""
     pos = repo.position(session, order.exchange, order.symbol)
+    if pos.amount == 0 or (pos.amount > 0) != (order.side == "buy"):
+        return  # the order reduced or flipped the position: its legs do not describe it
     if order.stop_loss is not None:
         pos.stop_loss = order.stop_loss
     if order.take_profit is not None:

@@ -7,6 +7,7 @@ a final state is reconciled with its exchange before /health reports ready.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from decimal import Decimal
@@ -17,7 +18,7 @@ from agents.execution.exchange.base import ExchangeOrder
 from agents.execution.exchange.errors import ExchangeError, OrderNotFound
 from agents.execution.service import SERVICE, OrderService, audit
 from common.contracts import ApplyTradingState, ApplyTradingStateResult, TradingState
-from common.errors import VolexError
+from common.errors import Conflict, VolexError
 from common.models import Order, Position
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class Reconciler:
         self.ready = False
         self.detail = "reconciling orders left from the last run"
         self.kill_lock = asyncio.Lock()
+        self.close_lock = asyncio.Lock()
 
     async def health(self) -> tuple[bool, str]:
         return self.ready, self.detail
@@ -46,6 +48,7 @@ class Reconciler:
                 await self.sync_once(startup=True)
                 await self._apply_current_state()
                 self.ready, self.detail = True, "orders reconciled"
+                self.orders.ready = True
             except (VolexError, ExchangeError) as exc:
                 self.detail = f"reconciliation pending: {exc}"
                 log.warning("start-up reconciliation failed; retrying", extra={"reason": str(exc)})
@@ -57,7 +60,14 @@ class Reconciler:
             if poll is not None:
                 await poll()
             for order in await self.orders.db(self._unsettled, exchange):
-                await self._reconcile(order, startup=startup)
+                if order.id in self.orders.in_flight:
+                    continue  # its request is talking to the exchange right now
+                try:
+                    await self._reconcile(order, startup=startup)
+                except (VolexError, ExchangeError) as exc:
+                    if startup:
+                        raise
+                    log.warning("could not reconcile order %s: %s", order.id, exc)
 
     def _unsettled(self, exchange: str) -> list[Order]:
         with self.orders.sessions() as session:
@@ -94,10 +104,33 @@ class Reconciler:
         for exchange in self.orders.exchanges.adapters:
             rows = await self.orders.db(self._armed, exchange)
             for pos in rows:
-                mark, _ = await self.orders.exchanges.mark(exchange, pos.symbol)
-                trigger = await self.orders.db(self._trail_and_test, exchange, pos.symbol, mark)
-                if trigger:
-                    await self.close(exchange, pos.symbol, f"{trigger} at {mark:.2f}", role=trigger)
+                try:
+                    await self._check_exit(exchange, pos)
+                except (VolexError, ExchangeError) as exc:
+                    log.error("protective exit failed for %s %s: %s", exchange, pos.symbol, exc)
+
+    async def _check_exit(self, exchange: str, pos: Position) -> None:
+        legs = (pos.stop_loss, pos.take_profit, pos.trailing_stop_pct, pos.trail_extreme)
+        mark, _ = await self.orders.exchanges.mark(exchange, pos.symbol)
+        trigger = await self.orders.db(self._trail_and_test, exchange, pos.symbol, mark)
+        if not trigger:
+            return
+        try:
+            closed, errors = await self.close(
+                exchange, pos.symbol, f"{trigger} at {mark:.2f}", role=trigger
+            )
+        except (VolexError, ExchangeError) as exc:
+            closed, errors = [], [str(exc)]
+        if errors or not closed:
+            # The exit did not go out: put the legs back so the next pass tries again.
+            await self.orders.db(self._rearm, exchange, pos.symbol, legs)
+            raise VolexError(f"{trigger} exit not sent: {'; '.join(errors) or 'nothing closed'}")
+
+    def _rearm(self, exchange: str, symbol: str, legs: tuple[Any, ...]) -> None:
+        with self.orders.sessions.begin() as session:
+            pos = repo.position(session, exchange, symbol)
+            if pos.amount != 0:
+                pos.stop_loss, pos.take_profit, pos.trailing_stop_pct, pos.trail_extreme = legs
 
     def _armed(self, exchange: str) -> list[Position]:
         with self.orders.sessions() as session:
@@ -132,30 +165,52 @@ class Reconciler:
     # --- closing and the kill switch --------------------------------------------------------
     async def close(
         self, exchange: str, symbol: str | None, reason: str, role: str = "close"
-    ) -> list[Order]:
-        """Market orders that take positions to zero (reduce-only; no new risk)."""
-        closed = []
-        for pos in await self.orders.db(self.orders._positions, exchange):
-            if symbol is not None and pos.symbol != symbol:
-                continue
-            values = {
-                "client_order_id": f"{role[:8]}-{int(time.time() * 1000)}-{pos.symbol}"[:64],
-                "exchange": exchange,
-                "symbol": pos.symbol,
-                "side": "sell" if pos.amount > 0 else "buy",
-                "type": "market",
-                "amount": abs(pos.amount),
-                "reduce_only": True,
-                "role": role,
-                "requested_by": SERVICE,
-                "reason": reason,
-            }
-            order = await self.orders.db(self.orders._claim, values, SERVICE)
-            if order is not None:
-                closed.append(await self.orders.send(order))
-        return closed
+    ) -> tuple[list[Order], list[str]]:
+        """Market orders that take positions to zero (reduce-only; no new risk).
+
+        One close at a time, reading positions afresh, so two closers (a stop and a halt,
+        say) never both sell the same amount; our resting orders on the symbol are
+        cancelled first, which also frees the coins they hold.
+        """
+        closed: list[Order] = []
+        errors: list[str] = []
+        async with self.close_lock:
+            for pos in await self.orders.db(self.orders._positions, exchange):
+                if symbol is not None and pos.symbol != symbol:
+                    continue
+                try:
+                    closed.append(await self._close_one(exchange, pos, reason, role))
+                except (VolexError, ExchangeError) as exc:
+                    errors.append(f"{pos.symbol}: {exc}")
+        return closed, errors
+
+    async def _close_one(self, exchange: str, pos: Position, reason: str, role: str) -> Order:
+        _, cancel_errors = await self.cancel_all(exchange, pos.symbol)
+        if cancel_errors:
+            raise VolexError("; ".join(cancel_errors))
+        values = {
+            "client_order_id": f"{role[:8]}-{int(time.time() * 1000)}-{pos.symbol}"[:64],
+            "exchange": exchange,
+            "symbol": pos.symbol,
+            "side": "sell" if pos.amount > 0 else "buy",
+            "type": "market",
+            "amount": abs(pos.amount),
+            "reduce_only": True,
+            "role": role,
+            "requested_by": SERVICE,
+            "reason": reason,
+        }
+        order = await self.orders.db(self.orders._claim, values, SERVICE)
+        if order is None:
+            raise VolexError(f"close order id {values['client_order_id']} already used")
+        return await self.orders.send(order)
 
     async def cancel(self, order: Order) -> Order:
+        if order.id in self.orders.in_flight:
+            raise Conflict(
+                f"order {order.id} is being sent to {order.exchange}; cancel it again "
+                "in a moment, once the exchange has answered"
+            )
         adapter = self.orders.exchanges.get(order.exchange)
         if order.exchange_order_id is None:
             return await self.orders.db(
@@ -168,9 +223,13 @@ class Reconciler:
         ex = await adapter.cancel_order(order.exchange_order_id, order.symbol)
         return await self.orders.db(self.orders.record, order.id, ex)
 
-    async def cancel_all(self, exchange: str | None) -> tuple[list[Order], list[str]]:
+    async def cancel_all(
+        self, exchange: str | None, symbol: str | None = None
+    ) -> tuple[list[Order], list[str]]:
         cancelled, errors = [], []
         for order in await self.orders.db(self._live, exchange):
+            if symbol is not None and order.symbol != symbol:
+                continue
             try:
                 cancelled.append(await self.cancel(order))
             except (ExchangeError, VolexError) as exc:
@@ -182,22 +241,29 @@ class Reconciler:
             return list(repo.live(session, exchange))
 
     async def apply(self, command: ApplyTradingState) -> ApplyTradingStateResult:
-        """HALTED: cancel every open order on every exchange; with flatten, close positions."""
+        """Take the new trading state. HALTED: close the gate first (nothing new leaves,
+        even if risk approved it a moment ago), let orders already on their way land,
+        cancel every open order on every exchange and, with flatten, close positions."""
+        self.orders.gate, self.orders.gate_reason = command.state, command.reason
         if command.state != TradingState.HALTED:
             return ApplyTradingStateResult(cancelled_orders=0, closed_positions=0)
         async with self.kill_lock:
+            await self._drain_in_flight()
             cancelled, errors = await self.cancel_all(None)
             closed = 0
             if command.flatten:
                 for exchange in self.orders.exchanges.adapters:
-                    try:
-                        closed += len(await self.close(exchange, None, command.reason, "flatten"))
-                    except (ExchangeError, VolexError) as exc:
-                        errors.append(f"flatten {exchange}: {exc}")
+                    done, failed = await self.close(exchange, None, command.reason, "flatten")
+                    closed += len(done)
+                    errors += [f"flatten {exchange} {e}" for e in failed]
         log.warning("kill switch applied", extra={"cancelled": len(cancelled), "closed": closed})
         return ApplyTradingStateResult(
             cancelled_orders=len(cancelled), closed_positions=closed, errors=errors
         )
+
+    async def _drain_in_flight(self, timeout: float = 10.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.orders.idle.wait(), timeout)
 
     async def _apply_current_state(self) -> None:
         state: dict[str, Any] = await self.orders.agents.risk.get("/state")
@@ -219,6 +285,9 @@ class Reconciler:
             await asyncio.sleep(interval)
             try:
                 await self.sync_once()
+            except (VolexError, ExchangeError) as exc:
+                log.warning("sync failed", extra={"reason": str(exc)})
+            try:
                 await self.check_exits()
                 if time.monotonic() >= next_snapshot:
                     next_snapshot = time.monotonic() + snapshot_interval

@@ -308,3 +308,25 @@ def test_a_refused_order_keeps_its_client_id(stack: Stack) -> None:
     again = order(stack, amount="0.001", stop_loss=above, client_order_id=cid)
     assert again.status_code == 200, again.text  # the same (rejected) order, never a new one
     assert again.json()["status"] == "rejected" and "stop_loss" in again.json()["reason"]
+
+
+def test_executions_own_gate_stops_an_order_risk_approved(stack: Stack) -> None:
+    """Risk still says ACTIVE, but a halt reached execution first (the race between an
+    approval and the kill switch): the approved order must not leave."""
+    apply = stack.url("execution") + "/trading-state/apply"
+    halted = httpx.post(
+        apply, json={"state": "HALTED", "reason": "gate drill"}, headers=stack.auth(), timeout=30
+    )
+    assert halted.status_code == 200, halted.text
+    try:
+        refused = order(stack, amount="0.001", client_order_id=_cid("gate"))
+        assert refused.status_code == 409 and "gate drill" in refused.json()["detail"]
+        assert refused.json()["detail"].startswith("trading is HALTED")
+    finally:
+        httpx.post(
+            apply,
+            json={"state": "ACTIVE", "reason": "drill over"},
+            headers=stack.auth(),
+            timeout=30,
+        )
+    assert order(stack, amount="0.001", client_order_id=_cid("gate")).status_code == 201
