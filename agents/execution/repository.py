@@ -65,14 +65,6 @@ def live(session: Session, exchange: str | None = None) -> Sequence[Order]:
     return session.scalars(query.order_by(Order.id)).all()
 
 
-def siblings(session: Session, parent_id: int, exclude: int) -> Sequence[Order]:
-    return session.scalars(
-        select(Order).where(
-            Order.parent_id == parent_id, Order.id != exclude, Order.status.in_(LIVE | UNSETTLED)
-        )
-    ).all()
-
-
 def add_fill(session: Session, values: dict[str, Any]) -> bool:
     """Record a trade once; False when it was already recorded."""
     inserted = session.execute(

@@ -159,14 +159,27 @@ def check_order_notional(req: PreTradeRequest, limits: Limits, ctx: CheckContext
     return _within(rule, "order notional", _m(notional), ok, limits.max_order_notional)
 
 
-def check_position_pct(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> CheckResult:
-    rule, price, equity = "max_position_pct", order_price(req), req.portfolio.equity
+def _share_of_equity(rule: str, req: PreTradeRequest) -> CheckResult | tuple[Decimal, Decimal]:
+    """What every share-of-equity rule starts with: an order that shrinks the position
+    passes; without a price or positive equity the rule is failed, saying which.
+    Otherwise (price, equity) to judge the order by."""
     if shrinks_position(req):
         return _shrinks(rule, req)
+    price = order_price(req)
     if price is None:
         return _no_price(rule)
+    equity = req.portfolio.equity
     if equity <= 0:
         return _no_equity(rule, equity)
+    return price, equity
+
+
+def check_position_pct(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> CheckResult:
+    rule = "max_position_pct"
+    sized = _share_of_equity(rule, req)
+    if isinstance(sized, CheckResult):
+        return sized
+    price, equity = sized
     after = resulting_position(req)
     notional = abs(after) * price
     fraction = notional / equity
@@ -177,13 +190,11 @@ def check_position_pct(req: PreTradeRequest, limits: Limits, ctx: CheckContext) 
 
 
 def check_gross_exposure(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> CheckResult:
-    rule, price, equity = "max_gross_exposure_pct", order_price(req), req.portfolio.equity
-    if shrinks_position(req):
-        return _shrinks(rule, req)
-    if price is None:
-        return _no_price(rule)
-    if equity <= 0:
-        return _no_equity(rule, equity)
+    rule = "max_gross_exposure_pct"
+    sized = _share_of_equity(rule, req)
+    if isinstance(sized, CheckResult):
+        return sized
+    price, equity = sized
     gross = gross_after(req, price)
     fraction = gross / equity
     limit = limits.max_gross_exposure_pct
@@ -208,13 +219,11 @@ def _stop_on_wrong_side(req: PreTradeRequest, price: Decimal) -> CheckResult | N
 
 
 def check_heat(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> CheckResult:
-    rule, price, equity = "max_heat_pct", order_price(req), req.portfolio.equity
-    if shrinks_position(req):
-        return _shrinks(rule, req)
-    if price is None:
-        return _no_price(rule)
-    if equity <= 0:
-        return _no_equity(rule, equity)
+    rule = "max_heat_pct"
+    sized = _share_of_equity(rule, req)
+    if isinstance(sized, CheckResult):
+        return sized
+    price, equity = sized
     wrong_stop = _stop_on_wrong_side(req, price)
     if wrong_stop is not None:
         return wrong_stop
