@@ -50,6 +50,14 @@ def lock(session: Session, key: int) -> None:
     session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
+def lock_at(session: Session, key: int) -> datetime:
+    """`lock`, then the transaction's start time (`now()`), in one round trip."""
+    value: datetime = session.execute(
+        text("SELECT pg_advisory_xact_lock(:key), now()"), {"key": key}
+    ).one()[1]
+    return value
+
+
 def now(session: Session) -> datetime:
     """The database's clock at the start of this transaction."""
     value: datetime = session.execute(select(func.now())).scalar_one()
@@ -66,9 +74,18 @@ def chain_head(session: Session) -> AuditChainHead:
     return head
 
 
-def next_audit_id_and_time(session: Session) -> tuple[int, datetime]:
-    row = session.execute(select(AUDIT_ID_SEQUENCE.next_value(), func.clock_timestamp())).one()
-    return int(row[0]), row[1]
+def lock_chain_and_next_id(session: Session) -> tuple[int, datetime]:
+    """Take the chain lock, then the next id and the time, in one round trip. The id is
+    drawn after the lock is held, so ids follow the chain's order. (The chain head must be
+    read by a later statement: this one's snapshot predates the lock.)"""
+    row = session.execute(
+        select(
+            func.pg_advisory_xact_lock(AUDIT_CHAIN_LOCK),
+            AUDIT_ID_SEQUENCE.next_value(),
+            func.clock_timestamp(),
+        )
+    ).one()
+    return int(row[1]), row[2]
 
 
 def append_audit_event(session: Session, event: AuditEvent, head: AuditChainHead) -> None:
@@ -144,17 +161,12 @@ def save_policy(
 
 def approved_today(session: Session, since: datetime, client_order_id: str) -> tuple[int, bool]:
     """Distinct orders approved since `since`, and whether `client_order_id` is one of them."""
-    approved = select(PolicyDecision.client_order_id).where(
-        PolicyDecision.approved.is_(True), PolicyDecision.at >= since
-    )
-    count = session.execute(
-        select(func.count(distinct(PolicyDecision.client_order_id))).where(
-            PolicyDecision.approved.is_(True), PolicyDecision.at >= since
-        )
-    ).scalar_one()
-    counted = session.execute(
-        select(approved.where(PolicyDecision.client_order_id == client_order_id).exists())
-    ).scalar_one()
+    count, counted = session.execute(
+        select(
+            func.count(distinct(PolicyDecision.client_order_id)),
+            func.coalesce(func.bool_or(PolicyDecision.client_order_id == client_order_id), False),
+        ).where(PolicyDecision.approved.is_(True), PolicyDecision.at >= since)
+    ).one()
     return int(count), bool(counted)
 
 

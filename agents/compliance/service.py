@@ -81,9 +81,8 @@ def append(
     """Add one row to the chain. Appends are serialized by a transaction-scoped lock, so
     each row links to the one committed before it."""
     _check_data(data)
-    repo.lock(session, repo.AUDIT_CHAIN_LOCK)
+    row_id, at = repo.lock_chain_and_next_id(session)
     head = repo.chain_head(session)
-    row_id, at = repo.next_audit_id_and_time(session)
     at = at.astimezone(UTC)
     content = canonical_content(
         id=row_id,
@@ -250,10 +249,9 @@ def put_policies(session: Session, new: PolicySet, caller: Caller) -> PolicyView
 
 def check_policy(session: Session, order: PolicyRequest, caller: Caller) -> CheckDecision:
     """Run every rule on one order, record the decision and audit it with the rules."""
-    repo.lock(session, repo.POLICY_LOCK)
+    now = repo.lock_at(session, repo.POLICY_LOCK).astimezone(UTC)
     row = repo.get_policy(session)
     policy = _policy_set(row)
-    now = repo.now(session).astimezone(UTC)
     midnight = datetime.combine(now.date(), time(0), tzinfo=UTC)
     count, counted = repo.approved_today(session, midnight, order.client_order_id)
     checks = rules.evaluate(policy, order, now, rules.OrderCount(count, counted))

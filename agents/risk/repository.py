@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from agents.risk.rules import RecentOrder
@@ -36,8 +36,18 @@ def db_now(session: Session) -> datetime:
 # --- trading state -----------------------------------------------------------------------
 def lock_state(session: Session) -> RiskTradingState:
     """The current state, locked until commit: checks and state changes go one at a time."""
-    query = select(RiskTradingState).where(RiskTradingState.id == SINGLETON).with_for_update()
-    return session.execute(query).scalar_one()
+    return lock_state_at(session)[0]
+
+
+def lock_state_at(session: Session) -> tuple[RiskTradingState, datetime]:
+    """`lock_state` and the database's clock read in the same round trip."""
+    query = (
+        select(RiskTradingState, func.clock_timestamp())
+        .where(RiskTradingState.id == SINGLETON)
+        .with_for_update(of=RiskTradingState)
+    )
+    row, now = session.execute(query).one()
+    return row, now
 
 
 def get_state(session: Session) -> RiskTradingState:
@@ -101,16 +111,27 @@ def get_peak(session: Session) -> RiskEquityPeak:
     ).scalar_one()
 
 
-def record_equity(session: Session, equity: Decimal) -> Decimal:
-    """Remember `equity` as the last seen and raise the peak to it; returns the peak before."""
-    row = session.get(RiskEquityPeak, SINGLETON, with_for_update=True)
-    assert row is not None, "risk_equity_peak is seeded by the risk_0001 migration"
-    before = row.peak_equity
-    now = db_now(session)
-    if equity > before:
-        row.peak_equity, row.peak_at = equity, now
-    row.last_equity, row.updated_at = equity, now
-    return before
+_RECORD_EQUITY = text(
+    """
+    WITH before AS (SELECT peak_equity FROM risk_equity_peak WHERE id = :id FOR UPDATE)
+    UPDATE risk_equity_peak AS p SET
+        peak_equity = GREATEST(p.peak_equity, :equity),
+        peak_at = CASE WHEN :equity > p.peak_equity THEN :now ELSE p.peak_at END,
+        last_equity = :equity,
+        updated_at = :now
+    FROM before WHERE p.id = :id
+    RETURNING before.peak_equity
+    """
+)
+
+
+def record_equity(session: Session, equity: Decimal, now: datetime | None = None) -> Decimal:
+    """Remember `equity` as the last seen and raise the peak to it; returns the peak before.
+    One statement: this runs inside every pre-trade check."""
+    params = {"id": SINGLETON, "equity": equity, "now": now or db_now(session)}
+    before = session.execute(_RECORD_EQUITY, params).scalar_one_or_none()
+    assert before is not None, "risk_equity_peak is seeded by the risk_0001 migration"
+    return Decimal(before)
 
 
 def reset_peak(session: Session, peak: Decimal) -> tuple[Decimal, Decimal]:

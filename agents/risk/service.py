@@ -121,10 +121,9 @@ class CheckOutcome:
 
 def pre_trade(session: Session, req: PreTradeRequest, actor: str, service: str) -> CheckOutcome:
     """Decide on one order and store the decision; HALTs first if the drawdown is breached."""
-    state_row = repo.lock_state(session)  # one check at a time; a halt waits for it
-    now = repo.db_now(session)
+    state_row, now = repo.lock_state_at(session)  # one check at a time; a halt waits for it
     limits = _limits_only(current_limits(session))
-    peak_before = repo.record_equity(session, req.portfolio.equity)
+    peak_before = repo.record_equity(session, req.portfolio.equity, now)
     state = TradingState(state_row.state)
     halted = _halt_on_drawdown(session, req.portfolio.equity, peak_before, limits, state, service)
     if halted is not None:
