@@ -316,12 +316,7 @@ def equity_summary(equity: np.ndarray, initial: float, out: np.ndarray) -> None:
     stretch in bars, its first bar, its last bar]. See `metrics` for the definitions."""
     n = equity.shape[0]
     total = 0.0
-    prev = initial
-    for t in range(n):
-        total += equity[t] / prev - 1.0 if prev > 0.0 else 0.0
-        prev = equity[t]
-    mean = total / n if n else 0.0
-    sq = 0.0
+    total_sq = 0.0
     down = 0.0
     prev = initial
     peak = initial
@@ -330,20 +325,26 @@ def equity_summary(equity: np.ndarray, initial: float, out: np.ndarray) -> None:
     best_run = 0
     best_end = -1
     for t in range(n):
-        r = equity[t] / prev - 1.0 if prev > 0.0 else 0.0
-        prev = equity[t]
-        sq += (r - mean) * (r - mean)
+        value = equity[t]
+        r = value / prev - 1.0 if prev > 0.0 else 0.0
+        prev = value
+        total += r
+        total_sq += r * r
         if r < 0.0:
             down += r * r
-        if equity[t] >= peak:
-            peak = equity[t]
+        if value >= peak:
+            peak = value
             run = 0
         else:
             run += 1
             if run > best_run:
                 best_run, best_end = run, t
-            dd = 1.0 - equity[t] / peak if peak > 0.0 else 1.0
+            dd = 1.0 - value / peak if peak > 0.0 else 1.0
             max_dd = max(max_dd, dd)
+    mean = total / n if n else 0.0
+    # sum((r - mean)^2) = sum(r^2) - n mean^2: one pass; per-bar returns are small
+    # enough that the cancellation costs nothing measurable.
+    sq = max(total_sq - n * mean * mean, 0.0)
     out[0] = mean
     out[1] = np.sqrt(sq / (n - 1)) if n > 1 else np.nan
     out[2] = np.sqrt(down / n) if n else np.nan
