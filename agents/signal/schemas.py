@@ -173,7 +173,7 @@ class IndicatorsResponse(BaseModel):
 # --- models ----------------------------------------------------------------------------------
 class _Window(BaseModel):
     since: AwareDatetime | None = Field(None, description="first bar at or after")
-    until: AwareDatetime | None = Field(None, description="last bar at or before")
+    until: AwareDatetime | None = Field(None, description="bars opening before (exclusive)")
 
 
 class TrainRequest(_Market, _Window):
