@@ -71,7 +71,10 @@ class GenerateRequest(_Market):
                 strategy = get_strategy(choice.name, f"strategies[{i}].name")
                 strategy.validate(choice.params, f"strategies[{i}].params")
             except Unprocessable as exc:
-                raise ValueError(exc.message) from None
+                # A cross-parameter check names `params.x`: say which strategy it is about.
+                where = f"strategies[{i}]"
+                message = exc.message if exc.message.startswith(where) else f"{where}.{exc.message}"
+                raise ValueError(message) from None
             if choice.name in seen:
                 raise ValueError(f"strategies[{i}]: {choice.name!r} is listed twice")
             seen.add(choice.name)
