@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -139,12 +139,19 @@ async def generate(
     rt: Runtime, session: Session, body: GenerateRequest, caller: str
 ) -> GenerateResponse:
     """Signals on the last closed bar; stored in `signals` within the caller's session."""
-    bars, model = await asyncio.gather(
+    # Both finish before either's error is raised: the lookup must be done with the
+    # session before the session dependency closes it.
+    fetched, found = await asyncio.gather(
         rt.bars.fetch(body.exchange, body.symbol, body.timeframe, limit=body.limit),
         asyncio.to_thread(
             repo.active_model_ref, session, body.exchange, body.symbol, body.timeframe
         ),
+        return_exceptions=True,
     )
+    for outcome in (fetched, found):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    bars, model = cast(Bars, fetched), cast(ModelRef | None, found)
     choices = _choices(body.strategies, model, f"{body.symbol} {body.timeframe} on {body.exchange}")
     _check_history(bars, choices, body)
     uses_model = model is not None and any(s.needs_model for s, _ in choices)

@@ -13,10 +13,12 @@ import httpx
 import numpy as np
 import pytest
 
+from agents.execution.exchange.sim_prices import EPOCH_MS
 from agents.signal import service
 from agents.signal.market import parse_columns
 from common.quant.bars import TIMEFRAME_MS, Bars
 from common.quant.strategies import STRATEGIES
+from tests.agents.signal.bars import sim_bars
 from tests.agents.signal.conftest import Signal
 from tests.conftest import Stack
 
@@ -26,8 +28,9 @@ RULES = [name for name, s in STRATEGIES.items() if not s.needs_model]
 
 
 def backtest(stack: Stack, method: str, path: str, **kwargs: Any) -> Any:
+    headers = kwargs.pop("headers", None) or stack.auth()
     response = httpx.request(
-        method, stack.url("backtest") + path, headers=stack.auth(), timeout=60, **kwargs
+        method, stack.url("backtest") + path, headers=headers, timeout=60, **kwargs
     )
     assert response.is_success, response.text
     return response.json()
@@ -35,34 +38,35 @@ def backtest(stack: Stack, method: str, path: str, **kwargs: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def history(stack: Stack, market_data: None) -> None:
-    """120 days of sim 1h candles for BTC and ETH in the backtest agent's store."""
-    now = int(time.time() * 1000)
-    jobs = [
+    """120 days of the sim's own 1h candles for BTC and ETH, up to the last closed hour,
+    imported into the backtest agent's store (all or nothing, synchronously)."""
+    hour = TIMEFRAME_MS["1h"]
+    last_closed = int(time.time() * 1000) // hour * hour - hour
+    count = 120 * 24
+    start_day = (last_closed - (count - 1) * hour - EPOCH_MS) // DAY_MS
+    for symbol in ("BTC/USDT", "ETH/USDT"):
+        bars = sim_bars(symbol, "1h", count + 48, start_day=start_day)
+        bars = bars.slice(0, int(np.searchsorted(bars.ts, last_closed, side="right")))
+        lines = ["timestamp,open,high,low,close,volume"] + [
+            f"{t},{o!r},{h!r},{lo!r},{c!r},{v!r}"
+            for t, o, h, lo, c, v in zip(
+                bars.ts.tolist(),
+                bars.open.tolist(),
+                bars.high.tolist(),
+                bars.low.tolist(),
+                bars.close.tolist(),
+                bars.volume.tolist(),
+                strict=True,
+            )
+        ]
         backtest(
             stack,
             "POST",
-            "/data/fetch",
-            json={
-                "exchange": "sim",
-                "symbol": symbol,
-                "timeframe": "1h",
-                "since": now - 120 * DAY_MS,
-                "until": now,
-            },
-        )["id"]
-        for symbol in ("BTC/USDT", "ETH/USDT")
-    ]
-    for job in jobs:
-        status = stack.wait_for(
-            lambda job=job: (
-                backtest(stack, "GET", f"/data/jobs/{job}")["status"]
-                in ("done", "failed", "cancelled")
-                and backtest(stack, "GET", f"/data/jobs/{job}")
-            ),
-            timeout=300,
-            what=f"fetch job {job}",
+            "/data/import",
+            params={"exchange": "sim", "symbol": symbol, "timeframe": "1h"},
+            content="\n".join(lines).encode(),
+            headers={**stack.auth(), "Content-Type": "text/csv"},
         )
-        assert status["status"] == "done", status
 
 
 def stored_bars(stack: Stack, symbol: str, timeframe: str = "1h", limit: int = 500) -> Bars:
