@@ -13,6 +13,7 @@ from common.models.risk import (
     RiskTradingState,
     RiskTradingStateChange,
 )
+from common.models.signal import SignalModel, SignalRecord
 from common.models.supervisor import SupervisorEvent
 
 __all__ = [
@@ -32,5 +33,7 @@ __all__ = [
     "RiskLimits",
     "RiskTradingState",
     "RiskTradingStateChange",
+    "SignalModel",
+    "SignalRecord",
     "SupervisorEvent",
 ]
