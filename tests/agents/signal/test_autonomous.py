@@ -159,7 +159,7 @@ def test_a_buy_signal_becomes_exactly_one_order_through_risk_and_compliance(
 
     def audited() -> bool:
         events = ok(call(stack, "GET", "compliance", "/audit", params={"subject": cid}))
-        kinds = {e["kind"] for e in (events["events"] if isinstance(events, dict) else events)}
+        kinds = {e["kind"] for e in events["items"]}
         return "autonomous.decided" in kinds
 
     stack.wait_for(audited, timeout=30, what="the decision in the audit log")
