@@ -1,5 +1,6 @@
 """SQLAlchemy models, one module per aggregate; all share `Base.metadata`."""
 
+from common.models.autonomous import AutonomousDecision, AutonomousRun
 from common.models.base import Base
 from common.models.compliance import AuditChainHead, AuditEvent, CompliancePolicy, PolicyDecision
 from common.models.execution import Fill, Order, Position
@@ -19,6 +20,8 @@ from common.models.supervisor import SupervisorEvent
 __all__ = [
     "AuditChainHead",
     "AuditEvent",
+    "AutonomousDecision",
+    "AutonomousRun",
     "Base",
     "CompliancePolicy",
     "Fill",

@@ -1,0 +1,247 @@
+"""One tick for one symbol: read the market, take the strategy's signal on the last
+closed bar, decide, size through risk, order through execution.
+
+Long only (spot): a buy signal opens a position when flat, a sell signal closes the
+whole position (reduce-only). The client order id is a digest of the exchange,
+symbol, timeframe, strategy, parameters, bar and side, so a repeated tick on the
+same bar (a retry, a restart, /decide beside the loop) finds the same order at
+execution instead of placing a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
+
+import numpy as np
+import talib
+
+from common.clients import Agents
+from common.errors import ServiceUnavailable, VolexError
+from common.quant.bars import Bars, timeframe_ms
+from common.quant.strategies import Params, Strategy
+
+MAX_BARS = 1000
+ATR_PERIOD = 14
+HALTED = "HALTED"
+REDUCING = "REDUCING"
+
+
+@dataclass(frozen=True)
+class TickConfig:
+    exchange: str
+    symbol: str
+    timeframe: str
+    strategy: Strategy
+    params: Params
+    risk_fraction: Decimal
+    atr_multiple: Decimal
+    run_id: int | None = None
+
+
+@dataclass
+class Outcome:
+    """What a tick decided and did; becomes one `autonomous_decisions` row."""
+
+    signal: str = "hold"
+    action: str = "none"
+    outcome: str = "skipped"
+    detail: str = ""
+    bar_ts: datetime | None = None
+    reasons: dict[str, Any] = field(default_factory=dict)
+    client_order_id: str | None = None
+    order_id: int | None = None
+    order_status: str | None = None
+    halted: str | None = None  # the halt reason, when the tick found trading halted
+
+
+def client_order_id(config: TickConfig, bar_ts_ms: int, side: str) -> str:
+    key = json.dumps(
+        [
+            config.exchange,
+            config.symbol,
+            config.timeframe,
+            config.strategy.name,
+            sorted(config.params.items()),
+            bar_ts_ms,
+            side,
+        ],
+        separators=(",", ":"),
+    )
+    return "auto-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def closed_bars(rows: list[list[float]], step_ms: int, now_ms: int) -> Bars:
+    """The bars whose candle has closed: the exchange's last one may still be forming."""
+    bars = Bars.from_rows(rows)
+    if len(bars) and bars.ts[-1] + step_ms > now_ms:
+        bars = bars.slice(0, len(bars) - 1)
+    return bars
+
+
+def read_signal(config: TickConfig, bars: Bars) -> tuple[str, dict[str, Any]]:
+    """The strategy's event on the last closed bar, and the numbers behind it."""
+    signals = config.strategy.generate(bars, config.params)
+    signal = "buy" if signals.entries[-1] else "sell" if signals.exits[-1] else "hold"
+    atr = float(talib.ATR(bars.high, bars.low, bars.close, timeperiod=ATR_PERIOD)[-1])
+    return signal, {
+        "strategy": config.strategy.name,
+        "params": config.params,
+        "bars": len(bars),
+        "close": float(bars.close[-1]),
+        "strength": round(float(signals.strength[-1]), 4),
+        "atr": None if np.isnan(atr) else atr,
+    }
+
+
+def _significant(value: float, digits: int = 6) -> Decimal:
+    return Decimal(format(value, f".{digits}g"))
+
+
+def _dash(symbol: str) -> str:
+    return symbol.replace("/", "-")
+
+
+class Ticker:
+    """Runs ticks against the fleet over HTTP (risk, execution)."""
+
+    def __init__(self, agents: Agents) -> None:
+        self.agents = agents
+
+    async def tick(self, config: TickConfig) -> Outcome:
+        out = Outcome()
+        try:
+            await self._tick(config, out)
+        except VolexError as exc:
+            out.outcome = "refused" if 400 <= exc.status_code < 500 else "error"
+            out.detail = exc.message
+        return out
+
+    async def _tick(self, config: TickConfig, out: Outcome) -> None:
+        state = await self.agents.risk.get("/state")
+        out.reasons["trading_state"] = state["state"]
+        if state["state"] == HALTED:
+            out.outcome, out.halted = "refused", state["reason"]
+            out.detail = f"trading is HALTED ({state['reason']}): nothing is traded"
+            return
+        bars = await self._bars(config)
+        if len(bars) < config.strategy.lookback(config.params) + 1:
+            out.detail = (
+                f"only {len(bars)} closed {config.timeframe} bars; {config.strategy.name} "
+                f"needs {config.strategy.lookback(config.params) + 1}"
+            )
+            return
+        out.bar_ts = datetime.fromtimestamp(int(bars.ts[-1]) / 1000, UTC)
+        out.signal, facts = read_signal(config, bars)
+        out.reasons.update(facts)
+        held = await self._position(config)
+        out.reasons["position"] = str(held)
+        if out.signal == "hold":
+            out.detail = f"no {config.strategy.name} signal on the {out.bar_ts:%Y-%m-%d %H:%M} bar"
+        elif out.signal == "buy" and held > 0:
+            out.detail = f"buy signal, but already long {held} {config.symbol.split('/')[0]}"
+        elif out.signal == "sell" and held <= 0:
+            out.detail = "sell signal, but no position to sell (long only)"
+        elif out.signal == "buy" and state["state"] == REDUCING:
+            out.detail = "buy signal, but trading is REDUCING: only reductions go out"
+        elif out.signal == "buy":
+            await self._buy(config, int(bars.ts[-1]), out)
+        else:
+            await self._send(
+                config,
+                int(bars.ts[-1]),
+                out,
+                {"side": "sell", "amount": str(held), "reduce_only": True},
+            )
+
+    async def _bars(self, config: TickConfig) -> Bars:
+        step = timeframe_ms(config.timeframe)
+        wanted = min(MAX_BARS, max(2 * config.strategy.lookback(config.params) + 50, 100))
+        body = await self.agents.execution.get(
+            f"/ohlcv/{config.exchange}/{_dash(config.symbol)}",
+            params={"timeframe": config.timeframe, "limit": wanted},
+        )
+        return closed_bars(body["bars"], step, int(time.time() * 1000))
+
+    async def _position(self, config: TickConfig) -> Decimal:
+        positions = await self.agents.execution.get(f"/positions/{config.exchange}")
+        for position in positions:
+            if position["symbol"] == config.symbol:
+                return Decimal(position["amount"])
+        return Decimal(0)
+
+    async def _equity(self, config: TickConfig) -> Decimal:
+        quote = config.symbol.split("/")[1]
+        balance = await self.agents.execution.get(f"/balance/{config.exchange}")
+        positions = await self.agents.execution.get(f"/positions/{config.exchange}")
+        cash = Decimal(balance["balances"].get(quote, {}).get("total", 0))
+        held = sum(
+            (
+                Decimal(p["amount"]) * Decimal(p["mark_price"] or p["entry_price"])
+                for p in positions
+                if p["symbol"].endswith("/" + quote)
+            ),
+            Decimal(0),
+        )
+        return cash + held
+
+    async def _buy(self, config: TickConfig, bar_ts: int, out: Outcome) -> None:
+        atr, close = out.reasons["atr"], out.reasons["close"]
+        if not atr:
+            out.detail = "buy signal, but ATR is not known yet: cannot size the trade"
+            return
+        equity = await self._equity(config)
+        size = await self.agents.risk.post(
+            "/position-size",
+            json={
+                "method": "atr",
+                "equity": str(equity),
+                "entry_price": str(_significant(close)),
+                "atr": str(_significant(atr)),
+                "risk_fraction": str(config.risk_fraction),
+                "atr_multiple": str(config.atr_multiple),
+            },
+        )
+        out.reasons["sizing"] = size
+        notional = Decimal(size["notional"]).quantize(Decimal("0.01"), rounding=ROUND_DOWN)
+        if notional <= 0:
+            out.detail = f"buy signal, but risk sized it to nothing ({size.get('capped_by')})"
+            return
+        stop = _significant(close - float(config.atr_multiple) * atr)
+        order = {"side": "buy", "quote_amount": str(notional)}
+        if stop > 0:
+            order["stop_loss"] = str(stop)
+        await self._send(config, bar_ts, out, order)
+
+    async def _send(
+        self, config: TickConfig, bar_ts: int, out: Outcome, order: dict[str, Any]
+    ) -> None:
+        out.action = order["side"]
+        out.client_order_id = client_order_id(config, bar_ts, order["side"])
+        body = {
+            "exchange": config.exchange,
+            "symbol": config.symbol,
+            "type": "market",
+            "client_order_id": out.client_order_id,
+            **order,
+        }
+        out.reasons["order"] = body
+        try:
+            placed = await self.agents.execution.post("/orders", json=body)
+        except ServiceUnavailable:
+            raise
+        except VolexError as exc:
+            out.outcome, out.detail = "refused", exc.message
+            if exc.status_code == 409 and HALTED in exc.message:
+                out.halted = exc.message
+            return
+        out.outcome = "ordered"
+        out.order_id, out.order_status = placed["id"], placed["status"]
+        out.detail = (
+            f"{order['side']} {placed['amount']} {config.symbol} at market: {placed['status']}"
+        )
