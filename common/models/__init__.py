@@ -3,6 +3,7 @@
 from common.models.base import Base
 from common.models.compliance import AuditChainHead, AuditEvent, CompliancePolicy, PolicyDecision
 from common.models.execution import Fill, Order, Position
+from common.models.market_data import Ohlcv, OhlcvFetchJob
 from common.models.outbox import OutboxEvent
 from common.models.risk import (
     RiskAuditOutbox,
@@ -21,6 +22,8 @@ __all__ = [
     "Base",
     "CompliancePolicy",
     "Fill",
+    "Ohlcv",
+    "OhlcvFetchJob",
     "Order",
     "OutboxEvent",
     "PolicyDecision",
