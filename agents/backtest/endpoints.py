@@ -27,7 +27,7 @@ from common.auth import CallerDep
 from common.contracts import EXCHANGE_PATTERN
 from common.db import SessionDep
 from common.errors import Problem, Unprocessable
-from common.service import AgentsDep
+from common.service import AgentsDep, KitDep
 
 router = APIRouter(prefix="/data", tags=["market data"])
 MAX_UPLOAD_BYTES = 256 * 1024 * 1024
@@ -56,7 +56,7 @@ async def fetch(
     """Queue a background fetch of candles from an exchange; follow it at /data/jobs/{id}."""
     job = await service.create_job(session, agents, body, caller.name)
     # Started once the response is out: the job row is committed by then.
-    background.add_task(get_fetcher(request).submit, job.id)
+    background.add_task(get_fetcher(request).start, job.id)
     response.headers["Location"] = f"/data/jobs/{job.id}"
     return service.job_view(job)
 
@@ -172,7 +172,7 @@ def symbols(exchange: ExchangePath, session: SessionDep) -> list[StoredSeries]:
 def ohlcv(
     exchange: ExchangePath,
     symbol: SymbolPath,
-    session: SessionDep,
+    kit: KitDep,
     timeframe: Timeframe = "1h",
     since: Annotated[TimeMs | None, Query(description="ISO-8601 or epoch ms")] = None,
     until: Annotated[TimeMs | None, Query(description="exclusive; ISO-8601 or epoch ms")] = None,
@@ -185,7 +185,9 @@ def ohlcv(
     out and listed in `excluded_partial`.
     """
     series = Series(exchange, symbol.replace("-", "/").upper(), timeframe)
-    body = service.ohlcv_json(session, series, since, until, limit)
+    # One pooled connection, no ORM session: this route is read by charts and loops.
+    with service.read_connection(kit) as conn:
+        body = service.ohlcv_json(conn, series, since, until, limit)
     return Response(body, media_type="application/json")
 
 

@@ -95,6 +95,10 @@ class Fetcher:
 
         return await asyncio.to_thread(call)
 
+    async def start(self, job_id: str) -> None:
+        """`submit` from a coroutine: background tasks run plain functions in a thread."""
+        self.submit(job_id)
+
     def submit(self, job_id: str) -> None:
         if job_id not in self.tasks:
             task = asyncio.create_task(self.run(job_id), name=f"fetch-{job_id}")

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Connection, Engine, select, text, update
 from sqlalchemy.orm import Session
 
 from agents.backtest import pgcopy
@@ -55,14 +55,20 @@ class Series:
         return {"exchange": self.exchange, "symbol": self.symbol, "timeframe": self.timeframe}
 
 
+Db = Session | Connection | Engine
+
+
 @contextmanager
-def dbapi(db: Session | Engine) -> Iterator[Any]:
-    """The psycopg2 connection under a Session (its transaction) or a fresh one from an Engine."""
+def dbapi(db: Db) -> Iterator[Any]:
+    """The psycopg2 connection under a Session or Connection (in its transaction), or
+    a pooled one from an Engine for the time of the block."""
     if isinstance(db, Session):
         yield db.connection().connection.dbapi_connection
-        return
-    with db.connect() as conn:
-        yield conn.connection.dbapi_connection
+    elif isinstance(db, Connection):
+        yield db.connection.dbapi_connection
+    else:
+        with db.connect() as conn:
+            yield conn.connection.dbapi_connection
 
 
 # --- candles in ------------------------------------------------------------------------------
@@ -94,7 +100,7 @@ def pick(bars: Bars, which: Any) -> Bars:
 
 # --- candles out -----------------------------------------------------------------------------
 def load_bars(
-    db: Session | Engine,
+    db: Db,
     exchange: str,
     symbol: str,
     timeframe: str,
@@ -118,7 +124,7 @@ def load_bars(
     return pgcopy.decode(_copy_out(db, query + " ORDER BY time", params))
 
 
-def stored_times(db: Session | Engine, series: Series, since_ms: int, until_ms: int) -> Ints:
+def stored_times(db: Db, series: Series, since_ms: int, until_ms: int) -> Ints:
     """The open times stored for `series` in [since_ms, until_ms), ascending."""
     where, params = _range(series, since_ms, until_ms)
     query = f"SELECT time FROM ohlcv WHERE {where} ORDER BY time"  # noqa: S608
@@ -139,7 +145,7 @@ def _range(
     return " AND ".join(where), params
 
 
-def _copy_out(db: Session | Engine, query: str, params: dict[str, Any]) -> bytes:
+def _copy_out(db: Db, query: str, params: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     with dbapi(db) as conn, conn.cursor() as cur:
         sql = cur.mogrify(f"COPY ({query}) TO STDOUT (FORMAT binary)", params).decode()
@@ -147,7 +153,7 @@ def _copy_out(db: Session | Engine, query: str, params: dict[str, Any]) -> bytes
     return buffer.getvalue()
 
 
-def bounds(db: Session | Engine, series: Series) -> tuple[int, int] | None:
+def bounds(db: Db, series: Series) -> tuple[int, int] | None:
     """(first, last) stored open times of `series` in epoch ms; None when nothing is stored."""
     query = (
         f"SELECT (SELECT time FROM ohlcv WHERE {_SERIES} ORDER BY time LIMIT 1),"  # noqa: S608
@@ -210,7 +216,7 @@ def coverage(session: Session, exchange: str | None, symbol: str | None) -> Sequ
     ).all()
 
 
-def has_series(db: Session | Engine, series: Series) -> bool:
+def has_series(db: Db, series: Series) -> bool:
     return bounds(db, series) is not None
 
 

@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine
+import orjson
+import psycopg2
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from agents.backtest import repository
 from agents.backtest.csv_import import read_csv
 from agents.backtest.fetcher import plan_ranges
-from agents.backtest.repository import Series
+from agents.backtest.repository import Db, Series
 from agents.backtest.resample import resample
 from agents.backtest.schemas import Coverage, FetchRequest, ImportResult, JobView, StoredSeries
 from agents.backtest.timegrid import ceil_ms, floor_ms, from_ms, iso, step_ms
 from common.clients import Agents
-from common.errors import NotFound, Unprocessable
+from common.db import database_error
+from common.errors import NotFound, ServiceUnavailable, Unprocessable
 from common.models.market_data import OhlcvFetchJob
 from common.quant.bars import TIMEFRAME_MS, Bars
+from common.service import Kit
 
 MAX_BARS_OUT = 100_000  # one answer of GET /data/ohlcv
 
@@ -135,8 +141,22 @@ def import_csv(session: Session, series: Series, data: bytes) -> ImportResult:
 
 
 # --- reading ---------------------------------------------------------------------------------
+@contextmanager
+def read_connection(kit: Kit) -> Iterator[Connection]:
+    """A pooled connection for reads; a database error becomes the usual 503/500."""
+    if kit.engine is None:
+        raise ServiceUnavailable("this service has no database configured")
+    try:
+        with kit.engine.connect() as conn:
+            yield conn
+    except SQLAlchemyError as exc:
+        raise database_error(exc) from exc
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:  # from the raw cursor
+        raise ServiceUnavailable(f"database unavailable ({exc.__class__.__name__})") from exc
+
+
 def ohlcv_json(
-    db: Session | Engine,
+    db: Db,
     series: Series,
     since: int | None,
     until: int | None,
@@ -149,28 +169,26 @@ def ohlcv_json(
         "symbol": series.symbol,
         "timeframe": series.timeframe,
     }
-    bounds = repository.bounds(db, series)
-    if bounds is not None:
-        bars = _stored(db, series, since, until, limit)
+    bars = _stored(db, series, since, until, limit)
+    if len(bars) or repository.bounds(db, series) is not None:
         head |= {"resampled_from": None, "excluded_partial": []}
     else:
         bars, head["resampled_from"], head["excluded_partial"] = _built(
             db, series, since, until, limit
         )
     columns = {
-        "ts": bars.ts.tolist(),
-        "open": bars.open.tolist(),
-        "high": bars.high.tolist(),
-        "low": bars.low.tolist(),
-        "close": bars.close.tolist(),
-        "volume": bars.volume.tolist(),
+        "ts": bars.ts,
+        "open": bars.open,
+        "high": bars.high,
+        "low": bars.low,
+        "close": bars.close,
+        "volume": bars.volume,
     }
-    return json.dumps(head | {"count": len(bars)} | columns, separators=(",", ":")).encode()
+    # orjson writes numpy arrays directly, ~10x faster than json with lists of floats.
+    return orjson.dumps(head | {"count": len(bars)} | columns, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _stored(
-    db: Session | Engine, series: Series, since: int | None, until: int | None, limit: int
-) -> Bars:
+def _stored(db: Db, series: Series, since: int | None, until: int | None, limit: int) -> Bars:
     if since is None:
         return repository.load_bars(db, *_key(series), None, until, last=limit)
     # `limit` candles at most open in the next `limit` grid slots.
@@ -184,7 +202,7 @@ def _key(series: Series) -> tuple[str, str, str]:
 
 
 def _built(
-    db: Session | Engine, series: Series, since: int | None, until: int | None, limit: int
+    db: Db, series: Series, since: int | None, until: int | None, limit: int
 ) -> tuple[Bars, str, list[int]]:
     target = step_ms(series.timeframe)
     source, span = _source(db, series)
@@ -203,7 +221,7 @@ def _built(
     return built, source.timeframe, partial
 
 
-def _source(db: Session | Engine, series: Series) -> tuple[Series, tuple[int, int]]:
+def _source(db: Db, series: Series) -> tuple[Series, tuple[int, int]]:
     """The longest stored timeframe that divides the one asked for, and its span."""
     target = step_ms(series.timeframe)
     shorter = [tf for tf, ms in TIMEFRAME_MS.items() if ms < target and target % ms == 0]
