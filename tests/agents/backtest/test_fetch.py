@@ -113,7 +113,7 @@ def test_a_cancelled_fetch_is_continued_by_a_new_one(backtest: Backtest) -> None
         ({"since": "yesterday"}, "body.since", "ISO-8601"),
         ({"since": 1704067200}, "body.since", "seconds"),
         ({"until": "2024-01-01"}, "body.until", "after since"),
-        ({"since": "2010-01-01", "until": "2024-01-01"}, "body.until", "1,100,000"),
+        ({"timeframe": "1m", "since": "2010-01-01"}, "body.until", "1,100,000"),
         ({"exchange": "Not An Exchange"}, "body.exchange", "pattern"),
     ],
 )

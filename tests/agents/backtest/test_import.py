@@ -61,12 +61,12 @@ def test_malformed_lines_are_named_and_nothing_is_stored(backtest: Backtest) -> 
     symbol = backtest.symbol()
     good = lines(1000)
     bad = {
-        3: f"{T0 + 2 * MINUTE},1O1,103.5,99.75,102,1",  # letter O, not zero
-        10: f"{T0 + 9 * MINUTE},109,105,106,106,1",  # high below low
-        20: f"{T0 + 19 * MINUTE},119,121.5,117.75,120,-4",  # negative volume
-        30: f"{T0 + 29 * MINUTE + 30_000},129,131.5,127.75,130,1",  # off the 1m grid
+        3: f"{T0 + 1 * MINUTE},1O1,103.5,99.75,102,1",  # letter O, not zero
+        10: f"{T0 + 8 * MINUTE},109,105,106,106,1",  # high below low
+        20: f"{T0 + 18 * MINUTE},119,121.5,117.75,120,-4",  # negative volume
+        30: f"{T0 + 28 * MINUTE + 30_000},129,131.5,127.75,130,1",  # off the 1m grid
         40: good[0],  # the time of line 2 again
-        1001: f"{T0 + 999 * MINUTE},abc,1,1,1,1",  # the last line
+        1001: f"{T0 + 999 * MINUTE},abc,1,1,1,1",  # the last line (line L holds minute L-2)
     }
     for line, text in bad.items():
         good[line - 2] = text
@@ -85,7 +85,7 @@ def test_malformed_lines_are_named_and_nothing_is_stored(backtest: Backtest) -> 
     assert ("line 20", "volume -4.0 is negative") in named
     assert (
         "line 30",
-        "timestamp 2024-01-01T00:29:30Z is not on the 1m grid (UTC-aligned)",
+        "timestamp 2024-01-01T00:28:30Z is not on the 1m grid (UTC-aligned)",
     ) in named
     assert ("line 40", "timestamp 2024-01-01T00:00:00Z repeats line 2") in named
     assert ("line 1001", "open 'abc' is not a number") in named
