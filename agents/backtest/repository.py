@@ -37,7 +37,7 @@ _MERGE = """
 MERGE INTO ohlcv o
 USING ohlcv_incoming i
 ON o.exchange = %(exchange)s AND o.symbol = %(symbol)s AND o.timeframe = %(timeframe)s
-    AND o.time = i.time
+    AND o.time BETWEEN %(first)s AND %(last)s AND o.time = i.time
 WHEN MATCHED AND (o.open, o.high, o.low, o.close, o.volume)
     IS DISTINCT FROM (i.open, i.high, i.low, i.close, i.volume) THEN
     UPDATE SET open = i.open, high = i.high, low = i.low, close = i.close, volume = i.volume
@@ -100,7 +100,9 @@ def upsert_bars(session: Session, series: Series, bars: Bars) -> int:
         if len(bars) >= ANALYZE_FROM:
             cur.execute(f"ANALYZE {INCOMING}")
         cur.execute(_LOCK_SERIES, series.params())
-        cur.execute(_MERGE, series.params())
+        # The batch's own range: the join reads only those candles of the series, not all.
+        span = {"first": from_ms(int(bars.ts[0])), "last": from_ms(int(bars.ts[-1]))}
+        cur.execute(_MERGE, series.params() | span)
         written: int = cur.rowcount
         cur.execute(f"TRUNCATE {INCOMING}")
     return written
