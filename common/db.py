@@ -141,12 +141,18 @@ def timescaledb_available(conn: Connection) -> bool:
 
 
 def make_time_series(
-    conn: Connection, table: str, time_column: str, *, key_columns: tuple[str, ...] = ()
+    conn: Connection,
+    table: str,
+    time_column: str,
+    *,
+    key_columns: tuple[str, ...] = (),
+    plain_index: bool = True,
 ) -> bool:
     """Make `table` a TimescaleDB hypertable when the extension exists.
 
     Without the extension the table stays a plain table with a btree index on
-    (key_columns..., time_column DESC), which serves the same range queries.
+    (key_columns..., time_column DESC), which serves the same range queries;
+    `plain_index=False` skips it when the primary key already is that index.
     Returns True when a hypertable was made. Identifiers come from our own
     migrations, never from users.
     """
@@ -159,6 +165,8 @@ def make_time_series(
             {"table": table, "column": time_column},
         )
         return True
+    if not plain_index:
+        return False
     columns = ", ".join([*key_columns, f"{time_column} DESC"])
     index = f"ix_{table}_{'_'.join([*key_columns, time_column])}"
     conn.execute(text(f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({columns})"))

@@ -145,7 +145,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def volex_error(request: Request, exc: VolexError) -> JSONResponse:
         if exc.status_code >= 500:
             errors_log.warning("request failed: %s", exc.message)
-        return problem_response(request, exc.status_code, exc.title, exc.message)
+        # An error may list what is wrong item by item: [{"field": ..., "message": ...}].
+        errors = exc.extra.get("errors")
+        return problem_response(request, exc.status_code, exc.title, exc.message, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

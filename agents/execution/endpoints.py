@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from agents.execution.exchange.errors import ExchangeError
 from agents.execution.repository import list_orders
@@ -15,6 +16,7 @@ from agents.execution.schemas import (
     ExchangeOut,
     ExchangeStatus,
     FaultRequest,
+    OhlcvOut,
     OrderRequest,
     OrderView,
     PositionOut,
@@ -23,7 +25,7 @@ from agents.execution.schemas import (
 from agents.execution.service import OrderService
 from agents.execution.sync import Reconciler
 from common.auth import CallerDep
-from common.contracts import ApplyTradingState, ApplyTradingStateResult
+from common.contracts import EXCHANGE_PATTERN, ApplyTradingState, ApplyTradingStateResult
 from common.db import SessionDep
 from common.errors import Forbidden, NotFound, ServiceUnavailable
 from common.models import Order
@@ -183,6 +185,26 @@ async def get_ticker(exchange: str, symbol: str, orders: OrdersDep) -> TickerOut
         last=t.last,
         timestamp=t.timestamp,
     )
+
+
+Timeframe = Literal["1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "1w"]
+
+
+@router.get("/ohlcv/{exchange}/{symbol}", response_model=OhlcvOut, tags=["market"])
+async def get_ohlcv(
+    exchange: Annotated[str, Path(pattern=EXCHANGE_PATTERN)],
+    symbol: Annotated[str, Path(pattern=r"^[A-Za-z0-9]{1,20}[-/][A-Za-z0-9]{1,20}$")],
+    orders: OrdersDep,
+    timeframe: Timeframe = "1h",
+    since: Annotated[int | None, Query(ge=0, description="first candle's open time (ms)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+) -> JSONResponse:
+    """Candles from the exchange's public market data (read-only); symbol with a dash."""
+    market = _symbol(symbol)
+    source = await orders.exchanges.data_market(exchange, market)
+    bars = await source.fetch_ohlcv(market, timeframe, since, limit)
+    body = {"exchange": exchange, "symbol": market, "timeframe": timeframe, "bars": bars}
+    return JSONResponse(body)
 
 
 @router.get("/exchanges", response_model=list[ExchangeOut], tags=["exchanges"])

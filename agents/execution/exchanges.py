@@ -34,6 +34,8 @@ class ExchangeRegistry:
             )
         }
         self.modes = {"sim": "simulated"}
+        # Keyless CCXT connections for public market data (candles), opened on first use.
+        self.public: dict[str, ExchangeAdapter] = {}
         self._markets: dict[str, dict[str, Market]] = {}
         self._opening = asyncio.Lock()
 
@@ -100,6 +102,33 @@ class ExchangeRegistry:
             api_host=self.settings.exchange_api_hosts.get(exchange),
         )
 
+    async def data_source(self, exchange: str) -> ExchangeAdapter:
+        """Where to read `exchange`'s public market data: the open adapter (sim, or a live
+        connection), else a keyless CCXT connection to its public API, opened once."""
+        if exchange in self.adapters:
+            return self.adapters[exchange]
+        if exchange not in self.public:
+            import ccxt
+
+            if exchange not in ccxt.exchanges:
+                raise NotFound(f"no exchange {exchange!r}: use 'sim' or a CCXT exchange id")
+            async with self._opening:
+                if exchange not in self.public:
+                    from agents.execution.exchange.ccxt_adapter import CcxtExchange
+
+                    self.public[exchange] = CcxtExchange(
+                        exchange, api_host=self.settings.exchange_api_hosts.get(exchange)
+                    )
+        return self.public[exchange]
+
+    async def data_market(self, exchange: str, symbol: str) -> ExchangeAdapter:
+        """The market-data source for `exchange`, once `symbol` is known to be listed there."""
+        source = await self.data_source(exchange)
+        if exchange not in self._markets:
+            self._markets[exchange] = await source.load_markets()
+        await self.market(exchange, symbol)
+        return source
+
     async def markets(self, exchange: str) -> dict[str, Market]:
         if exchange not in self._markets:
             self._markets[exchange] = await self.get(exchange).load_markets()
@@ -122,5 +151,5 @@ class ExchangeRegistry:
         return mid, age
 
     async def close(self) -> None:
-        for adapter in self.adapters.values():
+        for adapter in [*self.adapters.values(), *self.public.values()]:
             await adapter.close()

@@ -124,6 +124,16 @@ class ExchangeOut(BaseModel):
     symbols: list[str]
 
 
+class OhlcvOut(BaseModel):
+    """Candles as compact rows: `[open time (epoch ms), open, high, low, close, volume]`,
+    oldest first; the last one may still be forming."""
+
+    exchange: str
+    symbol: str
+    timeframe: str
+    bars: list[tuple[int, float, float, float, float, float]]
+
+
 class ExchangeStatus(BaseModel):
     id: str
     ok: bool

@@ -4,6 +4,7 @@ from common.models.autonomous import AutonomousDecision, AutonomousRun
 from common.models.base import Base
 from common.models.compliance import AuditChainHead, AuditEvent, CompliancePolicy, PolicyDecision
 from common.models.execution import Fill, Order, Position
+from common.models.market_data import Ohlcv, OhlcvFetchJob
 from common.models.outbox import OutboxEvent
 from common.models.risk import (
     RiskAuditOutbox,
@@ -25,6 +26,8 @@ __all__ = [
     "Base",
     "CompliancePolicy",
     "Fill",
+    "Ohlcv",
+    "OhlcvFetchJob",
     "Order",
     "OutboxEvent",
     "PolicyDecision",

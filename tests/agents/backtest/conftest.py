@@ -1,0 +1,100 @@
+"""Fixtures for the backtest agent's market-data tests: a client for the real service.
+
+Tests share one fleet and one database, so each test uses symbols of its own
+(`Backtest.symbol()` for imports) or a range of the sim's history no other test
+fetches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import Stack
+
+_names = itertools.count(1)
+
+
+class Backtest:
+    """The backtest service over HTTP, plus a look into its tables."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.url = stack.url("backtest")
+
+    def request(
+        self, method: str, path: str, *, token: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        headers = {**self.stack.auth(token), **kwargs.pop("headers", {})}
+        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, json=body, **kwargs)
+
+    def ok(self, response: httpx.Response, status: int = 200) -> Any:
+        assert response.status_code == status, response.text
+        return response.json()
+
+    @staticmethod
+    def symbol() -> str:
+        """A symbol no other test stores candles for."""
+        return f"T{next(_names)}X{int(time.time() * 1000) % 10**9}/USDT"
+
+    # --- fetch jobs -----------------------------------------------------------------------
+    def fetch(self, **body: Any) -> dict[str, Any]:
+        job: dict[str, Any] = self.ok(self.post("/data/fetch", {"exchange": "sim", **body}), 202)
+        return job
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self.ok(self.get(f"/data/jobs/{job_id}"))
+        return job
+
+    def wait(self, job_id: str, until: Any = None, timeout: float = 180) -> dict[str, Any]:
+        """Poll a job until `until(job)` (default: it has finished, one way or another)."""
+        finished = until or (lambda job: job["status"] in ("done", "failed", "cancelled"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                job = self.job(job_id)
+            except httpx.TransportError:  # the service is restarting
+                job = None
+            if job is not None and finished(job):
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} did not get there in {timeout}s: {job}")
+
+    # --- tables ---------------------------------------------------------------------------
+    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        engine = self.stack.engine()
+        try:
+            with engine.connect() as conn:
+                return [dict(row._mapping) for row in conn.execute(text(sql), params)]
+        finally:
+            engine.dispose()
+
+    def candles(self, exchange: str, symbol: str, timeframe: str) -> list[dict[str, Any]]:
+        return self.rows(
+            "SELECT time, open, high, low, close, volume FROM ohlcv WHERE exchange = :e"
+            " AND symbol = :s AND timeframe = :tf ORDER BY time",
+            e=exchange,
+            s=symbol,
+            tf=timeframe,
+        )
+
+
+def field_errors(response: httpx.Response) -> list[str]:
+    assert response.status_code == 422, response.text
+    return [e["field"] for e in response.json().get("errors") or []]
+
+
+@pytest.fixture(scope="session")
+def backtest(stack: Stack) -> Backtest:
+    return Backtest(stack)
