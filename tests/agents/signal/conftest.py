@@ -1,10 +1,6 @@
-"""Fixtures for the signal agent's tests: a client for the real service, stored models
-made the way the agent makes them, and the market-data gate.
-
-Bars come from the backtest agent's `GET /data/ohlcv`, which is being built on
-another branch: `market_data` skips the tests that need bars while that endpoint
-answers 404. Remove the gate when the branches merge.
-"""
+"""Fixtures for the signal agent's tests: a client for the real service, and stored
+models made the way the agent makes them. Bars come from the backtest agent's
+`GET /data/ohlcv`: the end-to-end tests import the sim's own candles first."""
 
 from __future__ import annotations
 
@@ -108,16 +104,3 @@ def fresh_symbol() -> str:
 @pytest.fixture(scope="session")
 def signal(stack: Stack) -> Signal:
     return Signal(stack)
-
-
-@pytest.fixture(scope="session")
-def market_data(stack: Stack) -> None:
-    """Skip (until the backtest agent's market data is merged) when /data/ohlcv is absent."""
-    response = httpx.get(
-        stack.url("backtest") + "/data/ohlcv/sim/BTC-USDT",
-        params={"timeframe": "1h", "limit": 10},
-        headers=stack.auth(),
-        timeout=30,
-    )
-    if response.status_code == 404 and "no such endpoint" in response.text:
-        pytest.skip("the backtest agent does not serve GET /data/ohlcv yet (pending merge)")

@@ -149,10 +149,7 @@ def test_a_buy_signal_becomes_exactly_one_order_through_risk_and_compliance(
             {"c": cid},
         ).scalar_one()
         policy = conn.execute(
-            text(
-                "SELECT count(*) FROM policy_decisions"
-                " WHERE client_order_id = :c AND approved"
-            ),
+            text("SELECT count(*) FROM policy_decisions WHERE client_order_id = :c AND approved"),
             {"c": cid},
         ).scalar_one()
     assert orders == 1 and checks >= 1 and policy >= 1

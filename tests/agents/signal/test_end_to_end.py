@@ -22,7 +22,7 @@ from tests.agents.signal.bars import sim_bars
 from tests.agents.signal.conftest import Signal
 from tests.conftest import Stack
 
-pytestmark = pytest.mark.usefixtures("market_data", "history")
+pytestmark = pytest.mark.usefixtures("history")
 DAY_MS = 86_400_000
 RULES = [name for name, s in STRATEGIES.items() if not s.needs_model]
 
@@ -37,7 +37,7 @@ def backtest(stack: Stack, method: str, path: str, **kwargs: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def history(stack: Stack, market_data: None) -> None:
+def history(stack: Stack) -> None:
     """120 days of the sim's own 1h candles for BTC and ETH, up to the last closed hour,
     imported into the backtest agent's store (all or nothing, synchronously)."""
     hour = TIMEFRAME_MS["1h"]
