@@ -12,7 +12,6 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 
 from agents.signal.artifacts import ModelCache
-from agents.signal.autonomous.lifecycle import lifespan as autonomous_lifespan
 from agents.signal.market import BarSource
 from common.errors import ServiceUnavailable
 from common.service import Kit
@@ -32,8 +31,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if kit.agents is None:
         raise RuntimeError("the kit opens the agent clients before the signal lifespan runs")
     app.state.signal = Runtime(bars=BarSource(kit.agents))
-    async with autonomous_lifespan(app):
-        yield
+    yield
 
 
 def get_runtime(request: Request) -> Runtime:

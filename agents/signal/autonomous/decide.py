@@ -13,18 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import talib
 
 from common.clients import Agents
 from common.errors import ServiceUnavailable, VolexError
-from common.quant.bars import Bars, timeframe_ms
-from common.quant.strategies import Params, Strategy
+from common.quant.bars import Bars, Floats, timeframe_ms
+from common.quant.features import WARMUP
+from common.quant.strategies import Context, Params, Strategy
 
 MAX_BARS = 1000
 ATR_PERIOD = 14
@@ -84,9 +86,19 @@ def closed_bars(rows: list[list[float]], step_ms: int, now_ms: int) -> Bars:
     return bars
 
 
-def read_signal(config: TickConfig, bars: Bars) -> tuple[str, dict[str, Any]]:
+class Predictor(Protocol):
+    """The `ml` strategy's input: the market's active model and its P(up) per bar."""
+
+    def ref(self, exchange: str, symbol: str, timeframe: str) -> object | None: ...
+
+    def __call__(self, config: TickConfig, bars: Bars) -> Awaitable[Floats]: ...
+
+
+def read_signal(
+    config: TickConfig, bars: Bars, predictions: Floats | None = None
+) -> tuple[str, dict[str, Any]]:
     """The strategy's event on the last closed bar, and the numbers behind it."""
-    signals = config.strategy.generate(bars, config.params)
+    signals = config.strategy.generate(bars, config.params, Context(predictions=predictions))
     signal = "buy" if signals.entries[-1] else "sell" if signals.exits[-1] else "hold"
     atr = float(talib.ATR(bars.high, bars.low, bars.close, timeperiod=ATR_PERIOD)[-1])
     return signal, {
@@ -110,8 +122,9 @@ def _dash(symbol: str) -> str:
 class Ticker:
     """Runs ticks against the fleet over HTTP (risk, execution)."""
 
-    def __init__(self, agents: Agents) -> None:
+    def __init__(self, agents: Agents, predictor: Predictor | None = None) -> None:
         self.agents = agents
+        self.predictor = predictor
 
     async def tick(self, config: TickConfig) -> Outcome:
         out = Outcome()
@@ -137,7 +150,13 @@ class Ticker:
             )
             return
         out.bar_ts = datetime.fromtimestamp(int(bars.ts[-1]) / 1000, UTC)
-        out.signal, facts = read_signal(config, bars)
+        predictions = None
+        if config.strategy.needs_model:
+            if self.predictor is None:
+                raise ServiceUnavailable("no model predictor in this process")
+            predictions = await self.predictor(config, bars)
+            out.reasons["probability"] = round(float(predictions[-1]), 4)
+        out.signal, facts = read_signal(config, bars, predictions)
         out.reasons.update(facts)
         held = await self._position(config)
         out.reasons["position"] = str(held)
@@ -161,7 +180,8 @@ class Ticker:
 
     async def _bars(self, config: TickConfig) -> Bars:
         step = timeframe_ms(config.timeframe)
-        wanted = min(MAX_BARS, max(2 * config.strategy.lookback(config.params) + 50, 100))
+        warmup = 2 * WARMUP if config.strategy.needs_model else 0
+        wanted = min(MAX_BARS, max(2 * config.strategy.lookback(config.params) + 50, 100, warmup))
         body = await self.agents.execution.get(
             f"/ohlcv/{config.exchange}/{_dash(config.symbol)}",
             params={"timeframe": config.timeframe, "limit": wanted},

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agents.signal.autonomous import repository as repo
-from agents.signal.autonomous.decide import Outcome, TickConfig, Ticker
+from agents.signal.autonomous.decide import Outcome, Predictor, TickConfig, Ticker
 from agents.signal.autonomous.schemas import (
     DecideRequest,
     DecisionView,
@@ -33,7 +33,7 @@ from common.clients import Agents
 from common.contracts import AuditEventIn
 from common.errors import Conflict, Unprocessable
 from common.models.autonomous import AutonomousRun
-from common.quant.strategies import StrategyError, get_strategy
+from common.quant.strategies import get_strategy
 
 log = logging.getLogger(__name__)
 SERVICE = "signal"
@@ -43,10 +43,13 @@ STOP_WAIT_S = 15.0
 class Autonomy:
     """Owns the one loop task of this process and everything that starts or stops it."""
 
-    def __init__(self, sessions: sessionmaker[Session], agents: Agents) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], agents: Agents, predictor: Predictor | None = None
+    ) -> None:
         self.sessions = sessions
         self.agents = agents
-        self.ticker = Ticker(agents)
+        self.predictor = predictor
+        self.ticker = Ticker(agents, predictor)
         self.wake_relay: Callable[[], None] = lambda: None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -54,10 +57,10 @@ class Autonomy:
     # --- routes ---------------------------------------------------------------------------
     async def start(self, req: StartRequest, caller: Caller) -> RunView:
         strategy = get_strategy(req.strategy)
-        if strategy.needs_model:
-            raise StrategyError("strategy", "the loop trades rule strategies; ml is not wired yet")
         params = strategy.validate(req.params)
         await self._check_listed(req.exchange, req.symbols, "symbols")
+        if strategy.needs_model:
+            await asyncio.to_thread(self._check_models, req)
         state = await self.agents.risk.get("/state")
         if state["state"] == "HALTED":
             raise Conflict(f"trading is HALTED ({state['reason']}); resume trading first")
@@ -189,14 +192,24 @@ class Autonomy:
             if symbol not in listed[exchange]:
                 raise Unprocessable(f"{field}: {symbol} is not listed on {exchange}", field=field)
 
+    def _check_models(self, req: StartRequest) -> None:
+        for symbol in req.symbols:
+            if (
+                self.predictor is None
+                or self.predictor.ref(req.exchange, symbol, req.timeframe) is None
+            ):
+                raise Unprocessable(
+                    f"symbols: ml needs an active model for {symbol} {req.timeframe} on "
+                    f"{req.exchange}; train one (POST /models/train) and activate it",
+                    field="symbols",
+                )
+
     def _one_off_config(self, req: DecideRequest, run: RunView | None) -> TickConfig:
         base: dict[str, Any] = (
             run.model_dump() if run is not None else StartRequest(symbols=[req.symbol]).model_dump()
         )
         name = req.strategy or base["strategy"]
         strategy = get_strategy(name)
-        if strategy.needs_model:
-            raise StrategyError("strategy", "the loop trades rule strategies; ml is not wired yet")
         same = req.strategy is None or name == base["strategy"]
         raw = req.params if req.params is not None else (base["params"] if same else {})
         return TickConfig(

@@ -222,3 +222,63 @@ def test_decide_names_a_bad_symbol_and_every_route_needs_a_token(stack: Stack) -
         ("GET", "/autonomous/decisions"),
     ]:
         assert httpx.request(method, stack.url("signal") + path, timeout=10).status_code == 401
+
+
+def _fetch_minutes(stack: Stack, symbol: str, minutes: int) -> None:
+    """Store the sim's last `minutes` one-minute candles in the backtest agent."""
+    now = int(time.time() * 1000) // 60_000 * 60_000
+    body = {
+        "exchange": "sim",
+        "symbol": symbol,
+        "timeframe": "1m",
+        "since": now - minutes * 60_000,
+        "until": now,
+    }
+    job = ok(call(stack, "POST", "backtest", "/data/fetch", json=body), 202)
+
+    def done() -> bool:
+        state = ok(call(stack, "GET", "backtest", f"/data/jobs/{job['id']}"))
+        assert state["status"] not in ("failed", "cancelled"), state
+        return bool(state["status"] == "done")
+
+    stack.wait_for(done, timeout=120, what="the candles to be fetched")
+
+
+def test_the_ml_strategy_trades_on_the_active_model(stack: Stack) -> None:
+    refused = call(
+        stack,
+        "POST",
+        "signal",
+        "/autonomous/start",
+        json={"symbols": ["BNB/USDT"], "strategy": "ml"},
+    )
+    assert refused.status_code == 422 and "active model" in refused.json()["detail"]
+
+    _fetch_minutes(stack, SYMBOL, 1500)
+    train = {"exchange": "sim", "symbol": SYMBOL, "timeframe": "1m", "model": "logistic_regression"}
+    model = ok(call(stack, "POST", "signal", "/models/train", json={**train, "limit": 1400}), 201)
+    ok(call(stack, "POST", "signal", f"/models/{model['id']}/activate"))
+
+    decision = ok(
+        call(
+            stack,
+            "POST",
+            "signal",
+            "/autonomous/decide",
+            json={"symbol": SYMBOL, "timeframe": "1m", "strategy": "ml"},
+        )
+    )
+    assert decision["strategy"] == "ml" and decision["outcome"] != "error", decision
+    assert 0.0 <= decision["reasons"]["probability"] <= 1.0
+    assert decision["signal"] in ("buy", "sell", "hold")
+    run = ok(
+        call(
+            stack,
+            "POST",
+            "signal",
+            "/autonomous/start",
+            json={"symbols": [SYMBOL], "timeframe": "1m", "strategy": "ml", "interval": 60},
+        ),
+        201,
+    )
+    assert run["strategy"] == "ml"
