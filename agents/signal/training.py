@@ -11,7 +11,6 @@ stored model is then fitted on every labelled row.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,14 +24,25 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from common.errors import Unprocessable
-from common.quant.bars import TIMEFRAME_MS, Bars, Floats
+from common.quant.bars import Bars, Floats
+from common.quant.engine import EngineConfig, run_backtest
 from common.quant.features import feature_matrix, labels, usable_rows
-from common.quant.strategies import Param
+from common.quant.strategies import Context, Param, get_strategy
 
 Ints = np.ndarray[Any, np.dtype[np.int64]]
 MIN_TRAIN_ROWS = 100
 MIN_TEST_ROWS = 20
-YEAR_MS = 365 * 24 * 3600 * 1000
+BACKTEST_STATS = (
+    "bars",
+    "trade_count",
+    "exposure",
+    "total_return",
+    "buy_and_hold_return",
+    "sharpe",
+    "max_drawdown",
+    "win_rate",
+    "final_equity",
+)
 
 # kind -> its hyper-parameters (defaults and bounds).
 KINDS: dict[str, tuple[Param, ...]] = {
@@ -124,44 +134,29 @@ def classification_metrics(y: Floats, proba: Floats) -> dict[str, Any]:
 
 
 def backtest_predictions(
-    close: Floats,
+    bars: Bars,
     proba: Floats,
     *,
     timeframe: str,
     threshold: float,
     fee_rate: float,
 ) -> dict[str, Any]:
-    """Trade predictions long/flat: long over bar t -> t+1 when proba[t] > threshold.
-
-    The decision at bar t's close fills at that close (as the strategies' signals do);
-    every change of position pays `fee_rate` of equity. Bars with no prediction (NaN)
-    are flat; only the span from the first to the last prediction is traded.
-    This is the one place to switch to `common.quant.engine` once it lands.
-    """
+    """Trade the predictions with the `ml` strategy on the backtest engine, as a backtest
+    or the autonomous loop would: long when P(up) crosses above `threshold`, out when it
+    falls below 1 - threshold; all-in, fills at the deciding bar's close, `fee_rate` per
+    fill. Only the span from the first to the last prediction is traded."""
     known = np.flatnonzero(np.isfinite(proba))
     if len(known) < 2:
         return {"bars": 0, "trades": 0, "total_return": 0.0}
-    first, last = int(known[0]), min(int(known[-1]) + 1, len(close) - 1)
-    position = np.where(np.nan_to_num(proba[first:last], nan=0.0) > threshold, 1.0, 0.0)
-    returns = close[first + 1 : last + 1] / close[first:last] - 1.0
-    changes = np.abs(np.diff(np.r_[0.0, position]))
-    net = position * returns - fee_rate * changes
-    equity = np.cumprod(1.0 + net)
-    peak = np.maximum.accumulate(np.r_[1.0, equity])[1:]
-    periods = YEAR_MS / TIMEFRAME_MS[timeframe]
-    std = float(net.std())
-    sharpe = float(net.mean()) / std * math.sqrt(periods) if std > 0 else 0.0
-    return {
-        "bars": len(net),
-        "trades": int((np.diff(np.r_[0.0, position]) > 0).sum()),
-        "exposure": round(float(position.mean()), 6),
-        "total_return": round(float(equity[-1] - 1.0), 6),
-        "buy_and_hold_return": round(float(close[last] / close[first] - 1.0), 6),
-        "sharpe": round(sharpe, 4),
-        "max_drawdown": round(float((1.0 - equity / peak).max()), 6),
-        "fee_rate": fee_rate,
-        "threshold": threshold,
-    }
+    first, last = int(known[0]), int(known[-1]) + 1
+    window = bars.slice(first, last)
+    strategy = get_strategy("ml")
+    params = strategy.validate({"threshold": threshold})
+    signals = strategy.generate(window, params, Context(predictions=proba[first:last]))
+    config = EngineConfig(fee_rate=fee_rate, fill="close", timeframe=timeframe)
+    stats = run_backtest(window, signals, config).stats
+    out = {name: stats[name] for name in BACKTEST_STATS}
+    return {**out, "fee_rate": fee_rate, "threshold": threshold, "fill": "close"}
 
 
 # --- training --------------------------------------------------------------------------------
@@ -232,7 +227,7 @@ def train(
         "folds": folds,
         "out_of_sample": classification_metrics(y[tested], oos[tested]),
         "backtest": backtest_predictions(
-            bars.close, oos, timeframe=timeframe, threshold=threshold, fee_rate=fee_rate
+            bars, oos, timeframe=timeframe, threshold=threshold, fee_rate=fee_rate
         ),
     }
     final = make_estimator(kind, params).fit(X[rows], y[rows])

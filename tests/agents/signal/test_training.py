@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from agents.signal import artifacts, training
 from common.errors import Unprocessable
-from common.quant.bars import TIMEFRAME_MS
+from common.quant.bars import TIMEFRAME_MS, Bars
 from common.quant.features import FEATURE_NAMES, feature_matrix, labels, usable_rows
 from tests.agents.signal.bars import sim_bars
 
@@ -91,16 +91,18 @@ def test_a_leaked_future_column_is_exactly_what_the_split_exposes() -> None:
 
 
 def test_backtest_of_predictions_by_hand() -> None:
-    close = np.array([100.0, 110.0, 99.0, 99.0, 108.9])
-    proba = np.array([0.9, 0.2, 0.9, 0.9, np.nan])
+    close = np.array([100.0, 110.0, 99.0, 99.0, 108.9, 120.0])
+    proba = np.array([0.4, 0.9, 0.2, 0.9, 0.9, np.nan])
+    bars = Bars(np.arange(6, dtype=np.int64) * 3_600_000, close, close, close, close, close)
     result = training.backtest_predictions(
-        close, proba, timeframe="1h", threshold=0.5, fee_rate=0.01
+        bars, proba, timeframe="1h", threshold=0.5, fee_rate=0.01
     )
-    # long 0->1 (+10 %, pay 1 % to enter), flat 1->2 (pay 1 % to leave), long 2->3 (0 %,
-    # pay 1 % to enter), long 3->4 (+10 %).
-    expected = (1.10 - 0.01) * (1 - 0.01) * (1 - 0.01) * 1.10 - 1
-    assert result["total_return"] == pytest.approx(expected, abs=1e-6)
-    assert result["trades"] == 2 and result["exposure"] == pytest.approx(0.75)
+    # Bars 0-4 have predictions. Crosses at the close: buy 110 (bar 1), sell 99 (bar 2),
+    # buy 99 (bar 3), still long at 108.9 (bar 4, marked without an exit fee). All-in with
+    # a 1 % fee: each buy spends cash on size x price x 1.01, a sell keeps 99 %.
+    expected = (99 * 0.99 / (110 * 1.01)) * (108.9 / (99 * 1.01)) - 1
+    assert result["total_return"] == pytest.approx(expected, abs=1e-9)
+    assert result["trade_count"] == 2 and result["bars"] == 5
     assert result["buy_and_hold_return"] == pytest.approx(0.089)
 
 
