@@ -18,6 +18,8 @@ from common.money import NonNegative, Positive, Signed
 SYMBOL_PATTERN = r"^[A-Z0-9]{1,20}/[A-Z0-9]{1,20}$"
 EXCHANGE_PATTERN = r"^[a-z0-9][a-z0-9_]{0,63}$"
 TRADING_STATE_CHANNEL = "trading-state"  # Redis channel (common.events adds the prefix)
+# The backtest agent stored candles of {exchange, symbol, timeframe}: cached bars are stale.
+MARKET_DATA_CHANNEL = "market-data"
 
 
 class OrderSide(StrEnum):

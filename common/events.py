@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,14 +41,21 @@ class EventBus:
         )
         return receivers
 
-    async def subscribe(self, channel: str) -> AsyncIterator[dict[str, Any]]:
-        """Yield events published on `channel` from now on, until the caller stops."""
+    async def subscribe(
+        self, channel: str, on_subscribed: Callable[[], None] | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield events published on `channel` from now on, until the caller stops.
+        `on_subscribed` runs once Redis has confirmed the subscription: from then on no
+        event is missed (while the connection holds)."""
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(CHANNEL_PREFIX + channel)
         try:
             async for message in pubsub.listen():
-                if message.get("type") == "message":
+                kind = message.get("type")
+                if kind == "message":
                     yield json.loads(message["data"])
+                elif kind == "subscribe" and on_subscribed is not None:
+                    on_subscribed()
         finally:
             await pubsub.aclose()
 

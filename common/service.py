@@ -60,6 +60,9 @@ from common.settings import SERVICE_DEPENDENCIES, Settings
 from common.vault import VaultClient
 
 log = logging.getLogger(__name__)
+# uvicorn keeps an idle connection this long; our clients keep theirs for less.
+SERVER_KEEP_ALIVE_S = 15
+CLIENT_KEEP_ALIVE_S = 5.0
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/docs", "/openapi.json"})
 DOCS_STATIC = "/docs-static"
@@ -196,7 +199,12 @@ def _open(kit: Kit) -> None:
         settings.approle_file(kit.name),
         timeout=settings.vault_timeout,
     )
-    kit.http = httpx.AsyncClient(timeout=settings.http_timeout)
+    # A pooled connection must be dropped before the peer's uvicorn closes it (its
+    # keep-alive is SERVER_KEEP_ALIVE_S): reusing one it is closing is a ReadError.
+    kit.http = httpx.AsyncClient(
+        timeout=settings.http_timeout,
+        limits=httpx.Limits(keepalive_expiry=CLIENT_KEEP_ALIVE_S),
+    )
     kit.agents = Agents(settings, kit.http, token=None)
 
 

@@ -408,6 +408,8 @@ def serve(service: Annotated[str, typer.Argument(help="which service to run")]) 
 
     import uvicorn
 
+    from common.service import SERVER_KEEP_ALIVE_S
+
     if service not in APP_MODULES:
         raise _fail(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}", 2)
     settings = Settings()
@@ -419,6 +421,7 @@ def serve(service: Annotated[str, typer.Argument(help="which service to run")]) 
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=SERVER_KEEP_ALIVE_S,
     )
 
 

@@ -17,7 +17,7 @@ from common.service import Kit, create_service
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     kit: Kit = app.state.kit
     assert kit.session_factory is not None and kit.agents is not None
-    fetcher = Fetcher(kit.session_factory, kit.agents)
+    fetcher = Fetcher(kit.session_factory, kit.agents, kit.events)
     app.state.fetcher = fetcher
     resuming = asyncio.create_task(fetcher.resume_unfinished())
     try:

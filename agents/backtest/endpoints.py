@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from agents.backtest import service
+from agents.backtest.events import announce
 from agents.backtest.fetcher import Fetcher
 from agents.backtest.repository import Series
 from agents.backtest.schemas import (
@@ -113,7 +114,9 @@ _IMPORT_BODY = {
 
 
 @router.post("/import", status_code=201, responses=UNPROCESSABLE, openapi_extra=_IMPORT_BODY)
-async def import_csv(request: Request, session: SessionDep) -> ImportResult:
+async def import_csv(
+    request: Request, session: SessionDep, kit: KitDep, background: BackgroundTasks
+) -> ImportResult:
     """Import candles from a CSV (timestamp, open, high, low, close, volume): all or nothing.
 
     Send it as multipart `file` with exchange, symbol and timeframe as form or query
@@ -127,7 +130,9 @@ async def import_csv(request: Request, session: SessionDep) -> ImportResult:
             [{**e, "loc": ("query", *e["loc"])} for e in exc.errors()]
         ) from None
     series = Series(params.exchange, params.symbol, params.timeframe)
-    return await asyncio.to_thread(service.import_csv, session, series, data)
+    result = await asyncio.to_thread(service.import_csv, session, series, data)
+    background.add_task(announce, kit.events, series)  # runs after the commit
+    return result
 
 
 async def _upload(request: Request) -> tuple[bytes, dict[str, Any]]:

@@ -19,10 +19,12 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from agents.backtest import repository
+from agents.backtest.events import announce
 from agents.backtest.repository import Series
 from agents.backtest.timegrid import step_ms
 from common.clients import Agents
 from common.errors import ServiceUnavailable, UpstreamError, VolexError
+from common.events import EventBus
 from common.quant.bars import Bars, Ints
 
 log = logging.getLogger(__name__)
@@ -80,9 +82,12 @@ class Work:
 class Fetcher:
     """Runs fetch jobs as asyncio tasks, at most `MAX_RUNNING_JOBS` at a time."""
 
-    def __init__(self, sessions: sessionmaker[Session], agents: Agents) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], agents: Agents, events: EventBus | None = None
+    ) -> None:
         self.sessions = sessions
         self.agents = agents
+        self.events = events
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.slots = asyncio.Semaphore(MAX_RUNNING_JOBS)
 
@@ -156,6 +161,7 @@ class Fetcher:
                 cursor = await self.db(_commit_page, job_id, work.series, position, end, bars)
                 if cursor is None:
                     return  # cancelled meanwhile
+                await announce(self.events, work.series)
                 position = cursor
         await self.db(_finish, job_id)
 

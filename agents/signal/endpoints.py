@@ -26,9 +26,10 @@ from agents.signal.schemas import (
 from common.auth import CallerDep
 from common.contracts import EXCHANGE_PATTERN, SYMBOL_PATTERN
 from common.db import SessionDep
-from common.errors import Problem, Unprocessable
+from common.errors import Problem, ServiceUnavailable, Unprocessable
 from common.quant.features import FEATURES
 from common.quant.strategies import STRATEGIES
+from common.service import KitDep
 
 router = APIRouter()
 PathSymbol = Annotated[str, Path(description="CCXT symbol with a dash: BTC-USDT")]
@@ -95,10 +96,12 @@ async def get_indicators(
 # --- signals -------------------------------------------------------------------------------
 @router.post("/signals/generate", tags=["signals"], responses={**INVALID, **NOT_FOUND})
 async def generate(
-    body: GenerateRequest, rt: RuntimeDep, session: SessionDep, caller: CallerDep
+    body: GenerateRequest, rt: RuntimeDep, kit: KitDep, caller: CallerDep
 ) -> GenerateResponse:
     """Each strategy's signal on the last closed bar and their ensemble; stored."""
-    return await service.generate(rt, session, body, caller.name)
+    if kit.session_factory is None:
+        raise ServiceUnavailable("this service has no database configured")
+    return await service.generate(rt, kit.session_factory, body, caller.name)
 
 
 @router.get("/signals", tags=["signals"])

@@ -10,6 +10,8 @@ resamples stored lower-timeframe bars when a higher timeframe is asked for.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,11 +46,42 @@ def parse_columns(body: Any, timeframe: str, now_ms: int) -> Bars:
     return bars.slice(0, closed) if closed < len(bars) else bars
 
 
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    bars: Bars
+    valid_until_ms: int
+
+
 class BarSource:
-    """Bars for (exchange, symbol, timeframe) from the backtest agent, closed candles only."""
+    """Bars for (exchange, symbol, timeframe) from the backtest agent, closed candles only.
+
+    The latest window (no `since`/`until`) is cached while it cannot change: closed
+    candles stay as they are until the next one closes, unless the backtest agent stores
+    new ones, which it announces on Redis (`MARKET_DATA_CHANNEL`). So an entry lives
+    until the next candle could close, `MAX_AGE_MS` at most, or until such an
+    announcement; and only while this process is subscribed to them (`listening`), since
+    an announcement missed while Redis was away would leave an entry stale.
+    """
+
+    MAX_AGE_MS = 5_000
+    MAX_ENTRIES = 256
 
     def __init__(self, agents: Agents) -> None:
         self.agents = agents
+        self.listening = False
+        self._cache: OrderedDict[tuple[str, str, str, int | None], _Cached] = OrderedDict()
+        self._generation = 0  # bumped by every change: a fetch begun before it is not kept
+
+    def changed(self, exchange: str | None = None, symbol: str | None = None) -> None:
+        """Drop what is cached for a market (or everything): its stored candles changed."""
+        self._generation += 1
+        for key in list(self._cache):
+            if exchange is None or (key[0] == exchange and key[1] == symbol):
+                del self._cache[key]
+
+    def set_listening(self, listening: bool) -> None:
+        self.listening = listening
+        self.changed()
 
     async def fetch(
         self,
@@ -59,6 +92,33 @@ class BarSource:
         limit: int | None = None,
         since: int | None = None,
         until: int | None = None,
+    ) -> Bars:
+        now_ms = int(time.time() * 1000)
+        key = (exchange, symbol, timeframe, limit)
+        latest = since is None and until is None
+        if latest and self.listening:
+            hit = self._cache.get(key)
+            if hit is not None and now_ms < hit.valid_until_ms:
+                self._cache.move_to_end(key)
+                return hit.bars
+        generation = self._generation
+        bars = await self._get(exchange, symbol, timeframe, limit, since, until)
+        if latest and self.listening and generation == self._generation and len(bars):
+            next_close = int(bars.ts[-1]) + 2 * timeframe_ms(timeframe)
+            self._cache[key] = _Cached(bars, min(next_close, now_ms + self.MAX_AGE_MS))
+            self._cache.move_to_end(key)
+            while len(self._cache) > self.MAX_ENTRIES:
+                self._cache.popitem(last=False)
+        return bars
+
+    async def _get(
+        self,
+        exchange: str,
+        symbol: str,
+        timeframe: str,
+        limit: int | None,
+        since: int | None,
+        until: int | None,
     ) -> Bars:
         params: dict[str, Any] = {"timeframe": timeframe}
         for name, value in (("limit", limit), ("since", since), ("until", until)):

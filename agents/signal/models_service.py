@@ -126,6 +126,7 @@ def activate(rt: Runtime, session: Session, model_id: int) -> ModelOut:
     assert ref is not None
     _load_blocking(rt, session, ref)  # refuses a model whose digest does not match
     repo.activate(session, model)
+    rt.active.forget((model.exchange, model.symbol, model.timeframe))
     return ModelOut.model_validate(model, from_attributes=True)
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from agents.signal import ensemble, models_service
 from agents.signal import repository as repo
@@ -31,11 +33,13 @@ from agents.signal.schemas import (
     StrategyChoice,
     StrategySignal,
 )
+from common.db import database_error
 from common.errors import NotFound, Unprocessable
 from common.quant.bars import Bars, Floats
 from common.quant.strategies import STRATEGIES, Context, Params, Strategy, get_strategy
 
 ENSEMBLE = "ensemble"
+T = TypeVar("T")
 
 
 def _choices(
@@ -136,29 +140,32 @@ def _check_history(
 
 
 async def generate(
-    rt: Runtime, session: Session, body: GenerateRequest, caller: str
+    rt: Runtime, sessions: sessionmaker[Session], body: GenerateRequest, caller: str
 ) -> GenerateResponse:
-    """Signals on the last closed bar; stored in `signals` within the caller's session."""
-    # Both finish before either's error is raised: the lookup must be done with the
-    # session before the session dependency closes it.
-    fetched, found = await asyncio.gather(
-        rt.bars.fetch(body.exchange, body.symbol, body.timeframe, limit=body.limit),
-        asyncio.to_thread(
-            repo.active_model_ref, session, body.exchange, body.symbol, body.timeframe
-        ),
-        return_exceptions=True,
-    )
-    for outcome in (fetched, found):
-        if isinstance(outcome, BaseException):
-            raise outcome
-    bars, model = cast(Bars, fetched), cast(ModelRef | None, found)
+    """Signals on the last closed bar, stored in `signals` (one INSERT, one commit)."""
+    key = (body.exchange, body.symbol, body.timeframe)
+    known, model = rt.active.get(key)
+    if known:
+        bars = await rt.bars.fetch(body.exchange, body.symbol, body.timeframe, limit=body.limit)
+    else:
+        fetched, found = await asyncio.gather(
+            rt.bars.fetch(body.exchange, body.symbol, body.timeframe, limit=body.limit),
+            _db(_active_model, sessions, key),
+            return_exceptions=True,
+        )
+        for outcome in (fetched, found):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        bars, model = cast(Bars, fetched), cast(ModelRef | None, found)
+        rt.active.put(key, model)
     choices = _choices(body.strategies, model, f"{body.symbol} {body.timeframe} on {body.exchange}")
     _check_history(bars, choices, body)
     uses_model = model is not None and any(s.needs_model for s, _ in choices)
     predictions = None
     if uses_model:
         assert model is not None
-        predictions = await models_service.predictions(rt, session, model, bars)
+        with sessions() as session:
+            predictions = await models_service.predictions(rt, session, model, bars)
     runs = run_strategies(bars, choices, predictions)
     signals, verdict = evaluate(
         bars,
@@ -180,8 +187,25 @@ async def generate(
         strategies=signals,
         ensemble=verdict,
     )
-    await asyncio.to_thread(repo.insert_signals, session, _rows(response, caller))
+    await _db(_store, sessions, _rows(response, caller))
     return response
+
+
+async def _db(fn: Callable[..., T], *args: Any) -> T:
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except SQLAlchemyError as exc:
+        raise database_error(exc) from exc
+
+
+def _active_model(sessions: sessionmaker[Session], key: tuple[str, str, str]) -> ModelRef | None:
+    with sessions() as session:
+        return repo.active_model_ref(session, *key)
+
+
+def _store(sessions: sessionmaker[Session], rows: list[dict[str, Any]]) -> None:
+    with sessions.begin() as session:
+        repo.insert_signals(session, rows)
 
 
 def _rows(r: GenerateResponse, caller: str) -> list[dict[str, Any]]:
