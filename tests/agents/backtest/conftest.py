@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from common.quant.bars import Bars
 from tests.conftest import Stack
 
 _names = itertools.count(1)
@@ -70,6 +71,42 @@ class Backtest:
                 return job
             time.sleep(0.05)
         raise AssertionError(f"job {job_id} did not get there in {timeout}s: {job}")
+
+    # --- candles and backtests -------------------------------------------------------------
+    def import_bars(self, symbol: str, timeframe: str, bars: Bars, exchange: str = "sim") -> None:
+        """Store `bars` through CSV import (floats as repr: they come back bit for bit)."""
+        columns = (bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume)
+        rows = zip(*(c.tolist() for c in columns), strict=True)
+        body = "timestamp,open,high,low,close,volume\n" + "\n".join(
+            ",".join(repr(v) for v in row) for row in rows
+        )
+        params = {"exchange": exchange, "symbol": symbol.replace("/", "-"), "timeframe": timeframe}
+        headers = {"Content-Type": "text/csv"}
+        response = self.request(
+            "POST", "/data/import", params=params, content=body, headers=headers
+        )
+        self.ok(response, 201)
+
+    def run(self, **body: Any) -> dict[str, Any]:
+        """POST /backtest/run and wait until the run has finished, one way or another."""
+        accepted = self.ok(self.post("/backtest/run", {"exchange": "sim", **body}), 202)
+        assert accepted["status"] == "queued", accepted
+        return self.wait_run(accepted["id"])
+
+    def wait_run(self, run_id: str, until: Any = None, timeout: float = 120) -> dict[str, Any]:
+        finished = until or (lambda run: run["status"] in ("done", "failed", "cancelled"))
+        deadline = time.monotonic() + timeout
+        run = None
+        while time.monotonic() < deadline:
+            try:
+                response = self.get(f"/backtest/{run_id}")
+                run = response.json() if response.status_code == 200 else None
+            except httpx.TransportError:  # the service is restarting
+                run = None
+            if run is not None and finished(run):
+                return run
+            time.sleep(0.05)
+        raise AssertionError(f"backtest {run_id} did not get there in {timeout}s: {run}")
 
     # --- tables ---------------------------------------------------------------------------
     def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
