@@ -68,3 +68,24 @@ def decode(stream: bytes) -> Bars:
 def decode_times(stream: bytes) -> npt.NDArray[np.int64]:
     """Epoch milliseconds from a binary COPY of one timestamptz column."""
     return _ms(_rows(stream, TIME_ROW, 1)["time"])
+
+
+def encode_table(columns: list[tuple[str, np.ndarray]]) -> bytes:
+    """A binary COPY stream of fixed-width columns, in order: each (big-endian numpy
+    type of its binary form, values). int64 for bigint and timestamptz (microseconds
+    since 2000), int32, float64, or `S<n>` bytes for text of exactly n bytes."""
+    count = len(columns[0][1]) if columns else 0
+    layout: list[tuple[str, str]] = [("fields", ">i2")]
+    for i, (kind, _) in enumerate(columns):
+        layout += [(f"len{i}", ">i4"), (f"col{i}", kind)]
+    rows = np.empty(count, np.dtype(layout))
+    rows["fields"] = len(columns)
+    for i, (_, values) in enumerate(columns):
+        rows[f"len{i}"] = rows.dtype[f"col{i}"].itemsize
+        rows[f"col{i}"] = values
+    return HEADER + rows.tobytes() + TRAILER
+
+
+def timestamptz(ts_ms: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Epoch milliseconds as timestamptz's binary value (microseconds since 2000)."""
+    return (ts_ms - PG_EPOCH_MS) * 1000

@@ -236,6 +236,15 @@ def has_series(db: Db, series: Series) -> bool:
     return bounds(db, series) is not None
 
 
+def has_bars(db: Db, series: Series, since_ms: int, until_ms: int) -> bool:
+    """Whether any candle of `series` opens in [since_ms, until_ms) (one index probe)."""
+    where, params = _range(series, since_ms, until_ms)
+    with dbapi(db) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT EXISTS (SELECT 1 FROM ohlcv WHERE {where})", params)  # noqa: S608
+        found: bool = cur.fetchone()[0]
+    return found
+
+
 # --- fetch jobs ------------------------------------------------------------------------------
 def add_job(session: Session, job: OhlcvFetchJob) -> OhlcvFetchJob:
     session.add(job)

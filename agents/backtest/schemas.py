@@ -39,18 +39,23 @@ class FetchRequest(BaseModel):
     @field_validator("until")
     @classmethod
     def _after_since(cls, until: int, info: ValidationInfo) -> int:
-        since, timeframe = info.data.get("since"), info.data.get("timeframe")
-        if since is None or timeframe is None:
-            return until  # those fields have their own errors
-        if until <= since:
-            raise ValueError(f"must be after since ({iso(since)}), got {iso(until)}")
-        count = bar_count(since, until, timeframe)
-        if count > MAX_RANGE_BARS:
-            raise ValueError(
-                f"the range holds {count:,} {timeframe} candles; at most {MAX_RANGE_BARS:,} "
-                "(two years of 1m) per request: split it, or use a longer timeframe"
-            )
-        return until
+        return check_range(until, info)
+
+
+def check_range(until: int, info: ValidationInfo) -> int:
+    """`until` after `since`, and not more than MAX_RANGE_BARS bars between them."""
+    since, timeframe = info.data.get("since"), info.data.get("timeframe")
+    if since is None or timeframe is None:
+        return until  # those fields have their own errors
+    if until <= since:
+        raise ValueError(f"must be after since ({iso(since)}), got {iso(until)}")
+    count = bar_count(since, until, timeframe)
+    if count > MAX_RANGE_BARS:
+        raise ValueError(
+            f"the range holds {count:,} {timeframe} candles; at most {MAX_RANGE_BARS:,} "
+            "(two years of 1m) per request: split it, or use a longer timeframe"
+        )
+    return until
 
 
 class JobView(BaseModel):

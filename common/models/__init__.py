@@ -1,6 +1,7 @@
 """SQLAlchemy models, one module per aggregate; all share `Base.metadata`."""
 
 from common.models.autonomous import AutonomousDecision, AutonomousRun
+from common.models.backtest import BacktestEquity, BacktestRun, BacktestTrade
 from common.models.base import Base
 from common.models.compliance import AuditChainHead, AuditEvent, CompliancePolicy, PolicyDecision
 from common.models.execution import Fill, Order, Position
@@ -23,6 +24,9 @@ __all__ = [
     "AuditEvent",
     "AutonomousDecision",
     "AutonomousRun",
+    "BacktestEquity",
+    "BacktestRun",
+    "BacktestTrade",
     "Base",
     "CompliancePolicy",
     "Fill",

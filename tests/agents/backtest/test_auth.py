@@ -1,4 +1,4 @@
-"""Every market-data route needs a token."""
+"""Every market-data and backtest route needs a token."""
 
 from __future__ import annotations
 
@@ -16,6 +16,13 @@ ROUTES = [
     ("GET", "/data/symbols/sim"),
     ("GET", "/data/ohlcv/sim/BTC-USDT"),
     ("GET", "/data/coverage"),
+    ("POST", "/backtest/run"),
+    ("GET", "/backtest/list"),
+    ("GET", "/backtest/abc"),
+    ("GET", "/backtest/abc/trades"),
+    ("GET", "/backtest/abc/equity"),
+    ("POST", "/backtest/abc/cancel"),
+    ("DELETE", "/backtest/abc"),
 ]
 
 
