@@ -204,7 +204,10 @@ def _active_model(sessions: sessionmaker[Session], key: tuple[str, str, str]) ->
 
 
 def _store(sessions: sessionmaker[Session], rows: list[dict[str, Any]]) -> None:
-    with sessions.begin() as session:
+    """One INSERT of every row, committed on its own (autocommit): a single statement is
+    atomic, and it saves the BEGIN and COMMIT round trips of a transaction."""
+    with sessions() as session:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         repo.insert_signals(session, rows)
 
 
