@@ -34,12 +34,22 @@ DB_MAX_OVERFLOW = 20
 PING_AFTER_IDLE_S = 1.0
 
 
-def make_engine(url: str, *, connect_timeout: int = 3, pool_size: int = DB_POOL_SIZE) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    connect_timeout: int = 3,
+    pool_size: int = DB_POOL_SIZE,
+    synchronous_commit: bool = True,
+) -> Engine:
     """An engine that notices a restarted server and never hangs on connect.
 
     Connections idle for PING_AFTER_IDLE_S are pinged at checkout (a dead one is replaced
     at once). A server that restarts between two uses less than that apart fails one
     statement; SQLAlchemy then discards the whole pool, so the next transaction reconnects.
+
+    `synchronous_commit=False` is for derived, append-only history only (never orders,
+    fills, audit or decisions): a commit returns before its WAL reaches the disk, so a
+    crash of the database server can lose the last fraction of a second of such rows.
     """
     engine = create_engine(
         url,
@@ -56,6 +66,7 @@ def make_engine(url: str, *, connect_timeout: int = 3, pool_size: int = DB_POOL_
             "keepalives_interval": 2,
             "keepalives_count": 2,
             "tcp_user_timeout": 10_000,
+            **({} if synchronous_commit else {"options": "-c synchronous_commit=off"}),
         },
     )
     event.listen(engine, "checkin", _idle_since)

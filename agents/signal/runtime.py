@@ -12,16 +12,19 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
+from sqlalchemy.orm import Session, sessionmaker
 
 from agents.signal.artifacts import ModelCache
 from agents.signal.market import BarSource
 from agents.signal.repository import ModelRef
 from common.contracts import MARKET_DATA_CHANNEL
+from common.db import make_engine, make_session_factory
 from common.errors import ServiceUnavailable
 from common.events import EventBus
 from common.service import Kit
 
 log = logging.getLogger(__name__)
+HISTORY_POOL = 4
 
 
 MarketKey = tuple[str, str, str]  # exchange, symbol, timeframe
@@ -56,6 +59,9 @@ class ActiveModels:
 @dataclass
 class Runtime:
     bars: BarSource
+    # Signal history is written through its own engine with synchronous_commit off: a
+    # generate call does not wait for the disk (rows are derived; see common.db).
+    history: sessionmaker[Session] | None = None
     models: ModelCache = field(default_factory=ModelCache)
     active: ActiveModels = field(default_factory=ActiveModels)
     # One training at a time: it is CPU-bound and must not starve signal requests.
@@ -83,7 +89,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     kit: Kit = app.state.kit
     if kit.agents is None:
         raise RuntimeError("the kit opens the agent clients before the signal lifespan runs")
-    runtime = Runtime(bars=BarSource(kit.agents))
+    history = None
+    if kit.engine is not None:
+        history = make_engine(
+            kit.settings.resolved_database_url(), pool_size=HISTORY_POOL, synchronous_commit=False
+        )
+    runtime = Runtime(
+        bars=BarSource(kit.agents),
+        history=make_session_factory(history) if history is not None else None,
+    )
     app.state.signal = runtime
     follower = None
     if kit.events is not None:
@@ -94,6 +108,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if follower is not None:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
+        if history is not None:
+            history.dispose()
 
 
 def get_runtime(request: Request) -> Runtime:

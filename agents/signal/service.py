@@ -187,7 +187,7 @@ async def generate(
         strategies=signals,
         ensemble=verdict,
     )
-    await _db(_store, sessions, _rows(response, caller))
+    await _db(_store, rt.history or sessions, _rows(response, caller))
     return response
 
 
@@ -205,7 +205,8 @@ def _active_model(sessions: sessionmaker[Session], key: tuple[str, str, str]) ->
 
 def _store(sessions: sessionmaker[Session], rows: list[dict[str, Any]]) -> None:
     """One INSERT of every row, committed on its own (autocommit): a single statement is
-    atomic, and it saves the BEGIN and COMMIT round trips of a transaction."""
+    atomic, and it saves the BEGIN and COMMIT round trips of a transaction. `sessions`
+    is the runtime's history engine (synchronous_commit off)."""
     with sessions() as session:
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         repo.insert_signals(session, rows)
