@@ -36,18 +36,8 @@ def db_now(session: Session) -> datetime:
 # --- trading state -----------------------------------------------------------------------
 def lock_state(session: Session) -> RiskTradingState:
     """The current state, locked until commit: checks and state changes go one at a time."""
-    return lock_state_at(session)[0]
-
-
-def lock_state_at(session: Session) -> tuple[RiskTradingState, datetime]:
-    """`lock_state` and the database's clock read in the same round trip."""
-    query = (
-        select(RiskTradingState, func.clock_timestamp())
-        .where(RiskTradingState.id == SINGLETON)
-        .with_for_update(of=RiskTradingState)
-    )
-    row, now = session.execute(query).one()
-    return row, now
+    query = select(RiskTradingState).where(RiskTradingState.id == SINGLETON).with_for_update()
+    return session.execute(query).scalar_one()
 
 
 def get_state(session: Session) -> RiskTradingState:
@@ -113,25 +103,25 @@ def get_peak(session: Session) -> RiskEquityPeak:
 
 _RECORD_EQUITY = text(
     """
-    WITH before AS (SELECT peak_equity FROM risk_equity_peak WHERE id = :id FOR UPDATE)
+    WITH before AS (SELECT peak_equity FROM risk_equity_peak WHERE id = :id FOR UPDATE),
+         clock AS (SELECT clock_timestamp() AS at)
     UPDATE risk_equity_peak AS p SET
         peak_equity = GREATEST(p.peak_equity, :equity),
-        peak_at = CASE WHEN :equity > p.peak_equity THEN :now ELSE p.peak_at END,
+        peak_at = CASE WHEN :equity > p.peak_equity THEN clock.at ELSE p.peak_at END,
         last_equity = :equity,
-        updated_at = :now
-    FROM before WHERE p.id = :id
-    RETURNING before.peak_equity
+        updated_at = clock.at
+    FROM before, clock WHERE p.id = :id
+    RETURNING before.peak_equity, clock.at
     """
 )
 
 
-def record_equity(session: Session, equity: Decimal, now: datetime | None = None) -> Decimal:
-    """Remember `equity` as the last seen and raise the peak to it; returns the peak before.
-    One statement: this runs inside every pre-trade check."""
-    params = {"id": SINGLETON, "equity": equity, "now": now or db_now(session)}
-    before = session.execute(_RECORD_EQUITY, params).scalar_one_or_none()
-    assert before is not None, "risk_equity_peak is seeded by the risk_0001 migration"
-    return Decimal(before)
+def record_equity(session: Session, equity: Decimal) -> tuple[Decimal, datetime]:
+    """Remember `equity` as the last seen and raise the peak to it; returns the peak before
+    and the database's clock. One statement: this runs inside every pre-trade check."""
+    row = session.execute(_RECORD_EQUITY, {"id": SINGLETON, "equity": equity}).one_or_none()
+    assert row is not None, "risk_equity_peak is seeded by the risk_0001 migration"
+    return Decimal(row[0]), row[1]
 
 
 def reset_peak(session: Session, peak: Decimal) -> tuple[Decimal, Decimal]:

@@ -121,9 +121,10 @@ class CheckOutcome:
 
 def pre_trade(session: Session, req: PreTradeRequest, actor: str, service: str) -> CheckOutcome:
     """Decide on one order and store the decision; HALTs first if the drawdown is breached."""
-    state_row, now = repo.lock_state_at(session)  # one check at a time; a halt waits for it
+    state_row = repo.lock_state(session)  # one check at a time; a halt waits for it
     limits = _limits_only(current_limits(session))
-    peak_before = repo.record_equity(session, req.portfolio.equity, now)
+    # The clock is read after the lock is held (in the same statement as the equity).
+    peak_before, now = repo.record_equity(session, req.portfolio.equity)
     state = TradingState(state_row.state)
     halted = _halt_on_drawdown(session, req.portfolio.equity, peak_before, limits, state, service)
     if halted is not None:
@@ -239,7 +240,7 @@ def record_snapshot(
     state, halted = TradingState(state_row.state), None
     if latest is None or taken_at >= latest.taken_at:
         limits = _limits_only(current_limits(session))
-        peak_before = repo.record_equity(session, snapshot.equity)
+        peak_before, _ = repo.record_equity(session, snapshot.equity)
         halted = _halt_on_drawdown(session, snapshot.equity, peak_before, limits, state, service)
         state = halted.state if halted is not None else state
     peak = repo.get_peak(session).peak_equity

@@ -36,6 +36,9 @@ class AutonomousRun(Base):
     stopped_by: Mapped[str | None] = mapped_column(String(64))
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stop_reason: Mapped[str | None] = mapped_column(Text)
+    # The trading-state change (risk's changed_at) the loop has last seen: a newer one
+    # with a HALTED between means a halt happened while the loop was not looking.
+    state_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     ticks: Mapped[int] = mapped_column(Integer, default=0)
     last_tick_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

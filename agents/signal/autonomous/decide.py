@@ -29,8 +29,11 @@ from common.quant.features import WARMUP
 from common.quant.strategies import Context, Params, Strategy
 
 MAX_BARS = 1000
+MAX_ATTEMPTS = 3  # orders per bar and side: a refused attempt may be retried twice
+NOTIONAL_STEP = Decimal("0.00000001")
 ATR_PERIOD = 14
 HALTED = "HALTED"
+FAILED = frozenset({"rejected", "cancelled", "expired"})
 REDUCING = "REDUCING"
 
 
@@ -62,7 +65,9 @@ class Outcome:
     halted: str | None = None  # the halt reason, when the tick found trading halted
 
 
-def client_order_id(config: TickConfig, bar_ts_ms: int, side: str) -> str:
+def client_order_id(config: TickConfig, bar_ts_ms: int, side: str, attempt: int = 1) -> str:
+    """`auto` + 28 hex digits of the tick's identity (+ `-n` for a retry after a refused
+    attempt): at most 34 characters, inside every exchange's limit (Binance: 36)."""
     key = json.dumps(
         [
             config.exchange,
@@ -75,7 +80,8 @@ def client_order_id(config: TickConfig, bar_ts_ms: int, side: str) -> str:
         ],
         separators=(",", ":"),
     )
-    return "auto-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    digest = "auto" + hashlib.sha256(key.encode()).hexdigest()[:28]
+    return digest if attempt == 1 else f"{digest}-{attempt}"
 
 
 def closed_bars(rows: list[list[float]], step_ms: int, now_ms: int) -> Bars:
@@ -100,6 +106,9 @@ def read_signal(
     """The strategy's event on the last closed bar, and the numbers behind it."""
     signals = config.strategy.generate(bars, config.params, Context(predictions=predictions))
     signal = "buy" if signals.entries[-1] else "sell" if signals.exits[-1] else "hold"
+    entries, exits = np.flatnonzero(signals.entries), np.flatnonzero(signals.exits)
+    last_entry = int(entries[-1]) if len(entries) else -1
+    last_exit = int(exits[-1]) if len(exits) else -1
     atr = float(talib.ATR(bars.high, bars.low, bars.close, timeperiod=ATR_PERIOD)[-1])
     return signal, {
         "strategy": config.strategy.name,
@@ -107,6 +116,9 @@ def read_signal(
         "bars": len(bars),
         "close": float(bars.close[-1]),
         "strength": round(float(signals.strength[-1]), 4),
+        # Long since its last entry, unless an exit came after it: a missed exit (a
+        # refused sell, a tick that failed) is still acted on at the next tick.
+        "wants_long": last_entry > last_exit,
         "atr": None if np.isnan(atr) else atr,
     }
 
@@ -150,6 +162,9 @@ class Ticker:
             )
             return
         out.bar_ts = datetime.fromtimestamp(int(bars.ts[-1]) / 1000, UTC)
+        if int(bars.ts[-1]) + 2 * timeframe_ms(config.timeframe) <= int(time.time() * 1000):
+            out.detail = f"stale market data: the last closed candle is {out.bar_ts:%Y-%m-%d %H:%M}"
+            return
         predictions = None
         if config.strategy.needs_model:
             if self.predictor is None:
@@ -158,25 +173,28 @@ class Ticker:
             out.reasons["probability"] = round(float(predictions[-1]), 4)
         out.signal, facts = read_signal(config, bars, predictions)
         out.reasons.update(facts)
-        held = await self._position(config)
+        held, free = await self._holding(config)
         out.reasons["position"] = str(held)
-        if out.signal == "hold":
-            out.detail = f"no {config.strategy.name} signal on the {out.bar_ts:%Y-%m-%d %H:%M} bar"
-        elif out.signal == "buy" and held > 0:
-            out.detail = f"buy signal, but already long {held} {config.symbol.split('/')[0]}"
-        elif out.signal == "sell" and held <= 0:
-            out.detail = "sell signal, but no position to sell (long only)"
-        elif out.signal == "buy" and state["state"] == REDUCING:
-            out.detail = "buy signal, but trading is REDUCING: only reductions go out"
-        elif out.signal == "buy":
-            await self._buy(config, int(bars.ts[-1]), out)
-        else:
+        bar_ts = int(bars.ts[-1])
+        if held > 0 and not out.reasons["wants_long"]:
+            amount = min(held, free)
+            if amount <= 0:
+                out.detail = f"the strategy is out but none of the {held} held is free to sell"
+                return
             await self._send(
-                config,
-                int(bars.ts[-1]),
-                out,
-                {"side": "sell", "amount": str(held), "reduce_only": True},
+                config, bar_ts, out, {"side": "sell", "amount": str(amount), "reduce_only": True}
             )
+        elif out.signal != "buy":
+            out.detail = (
+                f"no {config.strategy.name} entry on the {out.bar_ts:%Y-%m-%d %H:%M} bar"
+                + (f"; holding {held}" if held > 0 else "")
+            )
+        elif held > 0:
+            out.detail = f"buy signal, but already long {held} {config.symbol.split('/')[0]}"
+        elif state["state"] == REDUCING:
+            out.detail = "buy signal, but trading is REDUCING: only reductions go out"
+        else:
+            await self._buy(config, bar_ts, out)
 
     async def _bars(self, config: TickConfig) -> Bars:
         step = timeframe_ms(config.timeframe)
@@ -188,12 +206,18 @@ class Ticker:
         )
         return closed_bars(body["bars"], step, int(time.time() * 1000))
 
-    async def _position(self, config: TickConfig) -> Decimal:
+    async def _holding(self, config: TickConfig) -> tuple[Decimal, Decimal]:
+        """The position's amount, and how much of the base currency is free to sell."""
         positions = await self.agents.execution.get(f"/positions/{config.exchange}")
-        for position in positions:
-            if position["symbol"] == config.symbol:
-                return Decimal(position["amount"])
-        return Decimal(0)
+        held = next(
+            (Decimal(p["amount"]) for p in positions if p["symbol"] == config.symbol),
+            Decimal(0),
+        )
+        if held <= 0:
+            return held, Decimal(0)
+        balance = await self.agents.execution.get(f"/balance/{config.exchange}")
+        base = config.symbol.split("/")[0]
+        return held, Decimal(balance["balances"].get(base, {}).get("free", 0))
 
     async def _equity(self, config: TickConfig) -> Decimal:
         quote = config.symbol.split("/")[1]
@@ -228,7 +252,7 @@ class Ticker:
             },
         )
         out.reasons["sizing"] = size
-        notional = Decimal(size["notional"]).quantize(Decimal("0.01"), rounding=ROUND_DOWN)
+        notional = Decimal(size["notional"]).quantize(NOTIONAL_STEP, rounding=ROUND_DOWN)
         if notional <= 0:
             out.detail = f"buy signal, but risk sized it to nothing ({size.get('capped_by')})"
             return
@@ -241,27 +265,39 @@ class Ticker:
     async def _send(
         self, config: TickConfig, bar_ts: int, out: Outcome, order: dict[str, Any]
     ) -> None:
+        """Send the tick's order. Its client id names (market, strategy, bar, side), so a
+        repeated tick gets the same order back. An attempt that was refused (risk,
+        compliance, the exchange, an outage during the checks) is tried again by a later
+        tick on the same bar under the next attempt's id, MAX_ATTEMPTS at most."""
         out.action = order["side"]
-        out.client_order_id = client_order_id(config, bar_ts, order["side"])
-        body = {
-            "exchange": config.exchange,
-            "symbol": config.symbol,
-            "type": "market",
-            "client_order_id": out.client_order_id,
-            **order,
-        }
-        out.reasons["order"] = body
-        try:
-            placed = await self.agents.execution.post("/orders", json=body)
-        except ServiceUnavailable:
-            raise
-        except VolexError as exc:
-            out.outcome, out.detail = "refused", exc.message
-            if exc.status_code == 409 and HALTED in exc.message:
-                out.halted = exc.message
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            out.client_order_id = client_order_id(config, bar_ts, order["side"], attempt)
+            body = {
+                "exchange": config.exchange,
+                "symbol": config.symbol,
+                "type": "market",
+                "client_order_id": out.client_order_id,
+                **order,
+            }
+            out.reasons["order"] = body
+            try:
+                placed = await self.agents.execution.post("/orders", json=body)
+            except VolexError as exc:
+                if exc.status_code >= 500:
+                    raise  # the order's fate may be unknown: an error, not a refusal
+                out.outcome, out.detail = "refused", exc.message
+                if exc.status_code == 409 and HALTED in exc.message:
+                    out.halted = exc.message
+                    return
+                return  # refused now; a later tick on this bar tries the next id
+            if placed["status"] in FAILED and Decimal(placed["filled"]) == 0:
+                # A replay of an attempt that was refused earlier: try the next id.
+                out.outcome = "refused"
+                out.detail = f"attempt {attempt} was refused: {placed.get('reason')}"
+                continue
+            out.outcome = "ordered"
+            out.order_id, out.order_status = placed["id"], placed["status"]
+            out.detail = (
+                f"{order['side']} {placed['amount']} {config.symbol} at market: {placed['status']}"
+            )
             return
-        out.outcome = "ordered"
-        out.order_id, out.order_status = placed["id"], placed["status"]
-        out.detail = (
-            f"{order['side']} {placed['amount']} {config.symbol} at market: {placed['status']}"
-        )

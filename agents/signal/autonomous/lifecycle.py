@@ -31,14 +31,28 @@ RESUME_RETRY_S = 2.0
 async def _follow_trading_state(kit: Kit, autonomy: Autonomy) -> None:
     """A halt broadcast stops the loop at once, not at its next tick."""
     assert kit.events is not None
+    checks: set[asyncio.Task[None]] = set()
+
+    def subscribed() -> None:  # a halt may have gone by while we were not listening
+        task = asyncio.create_task(_recheck(autonomy))
+        checks.add(task)
+        task.add_done_callback(checks.discard)
+
     while True:
         try:
-            async for event in kit.events.subscribe(TRADING_STATE_CHANNEL):
+            async for event in kit.events.subscribe(TRADING_STATE_CHANNEL, subscribed):
                 if event.get("state") == "HALTED":
                     await autonomy.halted(str(event.get("reason", "")))
         except Exception as exc:  # Redis away: every tick still reads the state from risk
             log.warning("trading-state subscription lost", extra={"reason": str(exc)})
             await asyncio.sleep(1.0)
+
+
+async def _recheck(autonomy: Autonomy) -> None:
+    try:
+        await autonomy.recheck()
+    except Exception as exc:  # risk away: every round of the loop checks again
+        log.info("trading state not rechecked", extra={"reason": str(exc)[:200]})
 
 
 async def _resume(autonomy: Autonomy) -> None:

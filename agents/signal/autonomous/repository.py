@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -74,3 +75,9 @@ def decisions(
         query = query.where(AutonomousDecision.id < before_id)
     query = query.order_by(AutonomousDecision.id.desc()).limit(limit)
     return session.execute(query).scalars().all()
+
+
+def saw_state(session: Session, run_id: int, changed_at: datetime) -> None:
+    session.execute(
+        update(AutonomousRun).where(AutonomousRun.id == run_id).values(state_seen_at=changed_at)
+    )

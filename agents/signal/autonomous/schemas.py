@@ -83,6 +83,7 @@ class RunView(BaseModel):
     stopped_by: str | None
     stopped_at: datetime | None
     stop_reason: str | None
+    state_seen_at: datetime | None
     ticks: int
     last_tick_at: datetime | None
 

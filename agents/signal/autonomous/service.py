@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -65,7 +66,9 @@ class Autonomy:
         if state["state"] == "HALTED":
             raise Conflict(f"trading is HALTED ({state['reason']}); resume trading first")
         async with self._lock:
-            run = await asyncio.to_thread(self._insert_run, req, params, caller.name)
+            run = await asyncio.to_thread(
+                self._insert_run, req, params, caller.name, state["changed_at"]
+            )
             self._spawn(run.id)
         return run
 
@@ -100,12 +103,41 @@ class Autonomy:
         run = await asyncio.to_thread(self._running_view)
         if run is None:
             return
-        state = await self.agents.risk.get("/state")
-        if state["state"] == "HALTED":
-            await self.halted(state["reason"])
+        if not await self.still_clear(run):
             return
         async with self._lock:
             self._spawn(run.id)
+
+    async def still_clear(self, run: RunView) -> bool:
+        """True if trading has not been halted since the loop last looked; else the loop
+        is stopped for good. A halt and a resume while the loop was not looking (this
+        process down, a broadcast lost) are found in risk's state history."""
+        state = await self.agents.risk.get("/state")
+        if state["state"] == "HALTED":
+            await self.halted(state["reason"])
+            return False
+        changed_at = datetime.fromisoformat(state["changed_at"])
+        if run.state_seen_at is not None and changed_at <= run.state_seen_at:
+            return True
+        history = await self.agents.risk.get("/state/history", params={"limit": 1000})
+        for entry in history:
+            at = datetime.fromisoformat(entry["changed_at"])
+            seen = run.state_seen_at is None or at > run.state_seen_at
+            if seen and entry["state"] == "HALTED":
+                await self.halted(f"{entry['reason']} (at {at:%Y-%m-%d %H:%M:%S}, since resumed)")
+                return False
+        await asyncio.to_thread(self._saw_state, run.id, changed_at)
+        return True
+
+    async def recheck(self) -> None:
+        """After (re)subscribing to the trading state: a halt may have been missed."""
+        run = await asyncio.to_thread(self._running_view)
+        if run is not None:
+            await self.still_clear(run)
+
+    def _saw_state(self, run_id: int, changed_at: datetime) -> None:
+        with self.sessions.begin() as session:
+            repo.saw_state(session, run_id, changed_at)
 
     async def halted(self, reason: str) -> None:
         """Trading was halted: stop the loop for good (a resume does not restart it)."""
@@ -145,7 +177,11 @@ class Autonomy:
                 if run is None or run.status != repo.RUNNING:
                     return
                 interval = run.interval_s
+                if not await self.still_clear(run):
+                    return
                 for symbol in run.symbols:
+                    if self._task is not asyncio.current_task():
+                        return  # stopped (or halted) meanwhile: no further symbol trades
                     if not await self._tick_one(run, symbol):
                         return
                 if not await asyncio.to_thread(self._count_tick, run_id):
@@ -174,7 +210,8 @@ class Autonomy:
             return True
         if outcome.halted is not None:
             await asyncio.to_thread(self._mark_stopped, f"trading halted: {outcome.halted}", "risk")
-            self._task = None
+            if self._task is asyncio.current_task():
+                self._task = None
             return False
         return True
 
@@ -222,7 +259,9 @@ class Autonomy:
             atr_multiple=req.atr_multiple or base["atr_multiple"],
         )
 
-    def _insert_run(self, req: StartRequest, params: dict[str, float], by: str) -> RunView:
+    def _insert_run(
+        self, req: StartRequest, params: dict[str, float], by: str, state_seen_at: str
+    ) -> RunView:
         try:
             with self.sessions.begin() as session:
                 run = repo.add_run(
@@ -238,6 +277,7 @@ class Autonomy:
                         risk_fraction=req.risk_fraction,
                         atr_multiple=req.atr_multiple,
                         started_by=by,
+                        state_seen_at=datetime.fromisoformat(state_seen_at),
                         ticks=0,
                     ),
                 )

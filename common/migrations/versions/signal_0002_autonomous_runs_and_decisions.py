@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("stopped_by", sa.String(64)),
         _at("stopped_at"),
         sa.Column("stop_reason", sa.Text()),
+        _at("state_seen_at"),
         sa.Column("ticks", sa.Integer(), nullable=False, server_default="0"),
         _at("last_tick_at"),
         sa.PrimaryKeyConstraint("id", name="pk_autonomous_runs"),

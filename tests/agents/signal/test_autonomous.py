@@ -124,7 +124,7 @@ def test_a_buy_signal_becomes_exactly_one_order_through_risk_and_compliance(
             assert d["outcome"] == "skipped" and "already long" in d["detail"], d["detail"]
     first = ordered[0]
     cid = first["client_order_id"]
-    assert cid.startswith("auto-") and first["action"] == "buy"
+    assert cid.startswith("auto") and len(cid) <= 36 and first["action"] == "buy"
     assert first["reasons"]["sizing"]["method"] == "atr"
     assert float(first["reasons"]["order"]["stop_loss"]) < first["reasons"]["close"]
     with stack.engine().connect() as conn:
@@ -283,3 +283,78 @@ def test_the_ml_strategy_trades_on_the_active_model(stack: Stack) -> None:
         201,
     )
     assert run["strategy"] == "ml"
+
+
+def test_a_refused_attempt_is_tried_again_under_the_next_id_on_the_same_bar(
+    stack: Stack,
+) -> None:
+    policies = ok(call(stack, "GET", "compliance", "/policies"))
+    editable = {
+        k: policies[k]
+        for k in (
+            "restricted_symbols",
+            "allowed_exchanges",
+            "trading_windows",
+            "max_orders_per_day",
+        )
+    }
+    for _ in range(3):
+        params, bar_ts = _params_with_a_buy_now(stack)
+        body = {"symbol": SYMBOL, "timeframe": "1m", "strategy": "sma_cross", "params": params}
+        # Compliance refuses the first attempt after execution has claimed its id ...
+        restricted = {**editable, "restricted_symbols": [SYMBOL]}
+        ok(call(stack, "PUT", "compliance", "/policies", json=restricted))
+        try:
+            first = ok(call(stack, "POST", "signal", "/autonomous/decide", json=body))
+        finally:
+            ok(call(stack, "PUT", "compliance", "/policies", json=editable))
+        # ... and a later tick on the same bar sends the order under the next id.
+        second = ok(call(stack, "POST", "signal", "/autonomous/decide", json=body))
+        if _ms(first["bar_ts"]) == bar_ts == _ms(second["bar_ts"]):
+            break
+    else:
+        pytest.fail("the minute kept turning between the two ticks")
+    assert first["outcome"] == "refused" and first["order_id"] is None, first
+    assert second["outcome"] == "ordered", second
+    assert second["client_order_id"] == first["client_order_id"] + "-2"
+    with stack.engine().connect() as conn:
+        statuses = dict(
+            conn.execute(
+                text("SELECT client_order_id, status FROM orders WHERE client_order_id LIKE :c"),
+                {"c": first["client_order_id"] + "%"},
+            ).all()
+        )
+    assert statuses[first["client_order_id"]] == "rejected"
+    assert statuses[second["client_order_id"]] == "filled" and len(statuses) == 2
+
+
+def test_a_halt_while_the_loop_was_not_looking_still_stops_it(stack: Stack) -> None:
+    ok(
+        call(
+            stack,
+            "POST",
+            "signal",
+            "/autonomous/start",
+            json={"symbols": [SYMBOL], "timeframe": "1m", "interval": 3600},
+        ),
+        201,
+    )
+    stack.wait_for(
+        lambda: ok(call(stack, "GET", "signal", "/autonomous/status"))["run"]["ticks"] >= 1,
+        timeout=60,
+        what="a first tick",
+    )
+    stack.volex("stop", "signal")
+    try:  # halted and resumed while the signal agent is down: no broadcast reaches it
+        ok(call(stack, "POST", "risk", "/halt", json={"reason": "while away", "flatten": False}))
+        ok(call(stack, "POST", "risk", "/resume", json={"reason": "back"}))
+    finally:
+        stack.volex("start", "signal")
+    stack.wait_for(lambda: stack.healthy("signal"), timeout=90, what="signal back")
+
+    def stopped() -> bool:
+        return not ok(call(stack, "GET", "signal", "/autonomous/status"))["running"]
+
+    stack.wait_for(stopped, timeout=60, what="the loop to notice the halt it missed")
+    reason = ok(call(stack, "GET", "signal", "/autonomous/status"))["run"]["stop_reason"]
+    assert "while away" in reason and "since resumed" in reason, reason
