@@ -186,15 +186,20 @@ class PaperExchange(ExchangeAdapter):
     ) -> ExchangeOrder:
         self._check_open()
         market = await self._market(symbol)
-        request = parse_request(market, side, type, amount, price, stop_price, client_order_id)
-        self._check_duplicate(client_order_id)  # before any network read
-        book = await self._book_for(market, request)
-        async with self._lock:
-            self._check_duplicate(client_order_id)
-            engine = PaperEngine(self._ledger, market, self.fees(market), book)
-            order = engine.place(request, self.now_ms())
-            await self._save()
-            return self._view(order)
+        try:
+            request = parse_request(market, side, type, amount, price, stop_price, client_order_id)
+            self._check_duplicate(client_order_id)  # before any network read
+            book = await self._book_for(market, request)
+            async with self._lock:
+                self._check_duplicate(client_order_id)
+                engine = PaperEngine(self._ledger, market, self.fees(market), book)
+                order = engine.place(request, self.now_ms())
+                await self._save()
+                return self._view(order)
+        except ExchangeError as exc:
+            if exc.exchange in (None, "sim"):  # the sim's rules name themselves
+                exc.exchange = self.id
+            raise
 
     async def cancel_order(self, order_id: str, symbol: str) -> ExchangeOrder:
         self._check_open()

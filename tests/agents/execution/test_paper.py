@@ -153,8 +153,9 @@ async def test_what_the_fetched_depth_cannot_fill_expires(make_paper: PaperFacto
     order = await paper.create_order(BTC, "buy", "market", D(5), client_order_id="m-2")
     assert order.status == "expired" and order.filled == D(3)
     assert order.reason is not None and "2 of 5 not filled" in order.reason
-    with pytest.raises(InsufficientFunds):
+    with pytest.raises(InsufficientFunds) as err:
         await paper.create_order(BTC, "sell", "market", D(4), client_order_id="m-3")
+    assert err.value.exchange == "canned"
 
 
 async def test_a_limit_takes_what_crosses_then_rests_and_fills_at_the_maker_fee_on_poll(
