@@ -1,9 +1,12 @@
 """The exchanges execution can trade on, each behind the same adapter interface.
 
-`sim` is always there. A real exchange (any CCXT id) is opened on first use, only
-with live trading switched on (`VOLEX_LIVE_TRADING=1`) and its keys in Vault at
-`secret/exchanges/<id>`; its keys are re-checked with Vault before every order, so
-an unreachable Vault stops live orders (503) while `sim` goes on.
+`sim` is always there. A real exchange (any CCXT id) is opened on first use: in paper
+mode while live trading is off (its public market data through a keyless connection,
+simulated fills on a durable account under `<home>/paper/<id>`; no keys, no Vault), live
+with `VOLEX_LIVE_TRADING=1` and its keys in Vault at `secret/exchanges/<id>`. Live keys are
+re-checked with Vault before every order, so an unreachable Vault stops live orders (503)
+while `sim` and paper accounts go on. Paper accounts that exist on disk are reopened at
+start, so their resting orders keep being matched after a restart.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import time
 from decimal import Decimal
+from pathlib import Path
 
 from agents.execution.exchange.base import ExchangeAdapter, Market
+from agents.execution.exchange.paper import PaperExchange
 from agents.execution.exchange.sim import SimExchange
 from agents.execution.settings import ExecutionSettings
 from common.errors import NotFound, ServiceUnavailable, Unprocessable
@@ -38,6 +43,14 @@ class ExchangeRegistry:
         self.public: dict[str, ExchangeAdapter] = {}
         self._markets: dict[str, dict[str, Market]] = {}
         self._opening = asyncio.Lock()
+        if not settings.live_trading:
+            for state_dir in sorted(self.paper_root.glob("*")):
+                if state_dir.is_dir() and self._is_ccxt(state_dir.name):
+                    self._add_paper(state_dir.name)
+
+    @property
+    def paper_root(self) -> Path:
+        return self.settings.home_dir / "paper"
 
     def get(self, exchange: str) -> ExchangeAdapter:
         try:
@@ -45,7 +58,7 @@ class ExchangeRegistry:
         except KeyError:
             raise NotFound(
                 f"exchange {exchange!r} is not open; available: {', '.join(self.adapters)}"
-                " (a real exchange opens with its first order when live trading is on)"
+                " (a real exchange opens with its first order: paper, or live when switched on)"
             ) from None
 
     def credentials(self, exchange: str) -> dict[str, str]:
@@ -63,31 +76,45 @@ class ExchangeRegistry:
             ) from exc
         except ServiceUnavailable as exc:
             raise ServiceUnavailable(
-                f"live order refused: Vault unavailable ({exc.message}); paper trading on "
-                "sim goes on"
+                f"live order refused: Vault unavailable ({exc.message}); paper trading (sim, "
+                "and real exchanges while live trading is off) goes on"
             ) from exc
 
     async def ensure(self, exchange: str) -> ExchangeAdapter:
-        """The adapter for `exchange`, opening a live CCXT connection if allowed."""
+        """The adapter for `exchange`: paper while live trading is off, else a live CCXT
+        connection (keys from Vault, re-read before every order: fail closed)."""
         if exchange in self.adapters:
             if self.modes[exchange] == "live":
                 await asyncio.to_thread(self.credentials, exchange)
             return self.adapters[exchange]
-        import ccxt
-
-        if exchange not in ccxt.exchanges:
+        if not self._is_ccxt(exchange):
             raise NotFound(f"no exchange {exchange!r}: use 'sim' or a CCXT exchange id")
-        if not self.settings.live_trading:
-            raise Unprocessable(
-                f"{exchange} trades real money and live trading is off: use exchange 'sim', or "
-                f"set VOLEX_LIVE_TRADING=1 and store keys with `volex secrets set-exchange "
-                f"{exchange}`. (Paper trading on {exchange}'s own prices is not built yet.)"
-            )
         async with self._opening:
             if exchange not in self.adapters:
-                self.adapters[exchange] = self._open_live(exchange)
-                self.modes[exchange] = "live"
+                if self.settings.live_trading:
+                    self.adapters[exchange] = self._open_live(exchange)
+                    self.modes[exchange] = "live"
+                else:
+                    self._add_paper(exchange)
         return await self.ensure(exchange)
+
+    @staticmethod
+    def _is_ccxt(exchange: str) -> bool:
+        import ccxt
+
+        return exchange in ccxt.exchanges
+
+    def _add_paper(self, exchange: str) -> None:
+        """Paper trading on `exchange`'s own prices: its keyless public connection (shared
+        with `data_source`) and a simulated account starting with `sim_quote_balance` of
+        `paper_quote_currency`."""
+        self.adapters[exchange] = PaperExchange(
+            exchange,
+            source=self._public(exchange),
+            state_dir=self.paper_root / exchange,
+            starting_balances={self.settings.paper_quote_currency: self.settings.sim_quote_balance},
+        )
+        self.modes[exchange] = "paper"
 
     def _open_live(self, exchange: str) -> ExchangeAdapter:
         from agents.execution.exchange.ccxt_adapter import CcxtExchange
@@ -107,18 +134,17 @@ class ExchangeRegistry:
         connection), else a keyless CCXT connection to its public API, opened once."""
         if exchange in self.adapters:
             return self.adapters[exchange]
+        if not self._is_ccxt(exchange):
+            raise NotFound(f"no exchange {exchange!r}: use 'sim' or a CCXT exchange id")
+        return self._public(exchange)
+
+    def _public(self, exchange: str) -> ExchangeAdapter:
         if exchange not in self.public:
-            import ccxt
+            from agents.execution.exchange.ccxt_adapter import CcxtExchange
 
-            if exchange not in ccxt.exchanges:
-                raise NotFound(f"no exchange {exchange!r}: use 'sim' or a CCXT exchange id")
-            async with self._opening:
-                if exchange not in self.public:
-                    from agents.execution.exchange.ccxt_adapter import CcxtExchange
-
-                    self.public[exchange] = CcxtExchange(
-                        exchange, api_host=self.settings.exchange_api_hosts.get(exchange)
-                    )
+            self.public[exchange] = CcxtExchange(
+                exchange, api_host=self.settings.exchange_api_hosts.get(exchange)
+            )
         return self.public[exchange]
 
     async def data_market(self, exchange: str, symbol: str) -> ExchangeAdapter:

@@ -18,6 +18,11 @@ class ExecutionSettings(Settings):
     )
     sim_seed: int = Field(default=42, description="the simulated exchange's price-path seed")
     sim_quote_balance: Decimal = Field(default=Decimal("10000"), gt=0)
+    paper_quote_currency: str = Field(
+        default="USDT",
+        description="what a new paper account on a real exchange starts with "
+        "(sim_quote_balance of it)",
+    )
     sim_latency_ms: int = Field(default=0, ge=0, le=10_000)
     sync_interval: float = Field(default=0.5, gt=0, description="seconds between order syncs")
     snapshot_interval: float = Field(

@@ -14,12 +14,14 @@ small ones.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Mapping
 from decimal import Decimal
 
 from agents.execution.exchange.errors import InsufficientFunds
-from agents.execution.exchange.sim_markets import Book, Fees, MarketSpec, make_book, walk_book
+from agents.execution.exchange.sim_markets import Depth, Fees, MarketSpec, make_book, walk_book
 from agents.execution.exchange.sim_prices import SymbolPath
 from agents.execution.exchange.sim_rules import (
+    Listing,
     OrderRequest,
     check_against_market,
     reservation,
@@ -35,8 +37,8 @@ class Engine:
     def __init__(
         self,
         ledger: Ledger,
-        specs: dict[str, MarketSpec],
-        paths: dict[str, SymbolPath],
+        specs: Mapping[str, Listing],
+        paths: Mapping[str, SymbolPath],
         fees: Fees,
     ) -> None:
         self.ledger = ledger
@@ -44,9 +46,10 @@ class Engine:
         self.paths = paths
         self.fees = fees
 
-    def book(self, symbol: str, t_ms: int) -> Book:
-        path = self.paths[symbol]
-        return make_book(self.specs[symbol], path.price_at(t_ms), path.sigma_ratio_at(t_ms))
+    def book(self, symbol: str, t_ms: int) -> Depth:
+        path, spec = self.paths[symbol], self.specs[symbol]
+        assert isinstance(spec, MarketSpec)  # the sim's own listings have a price model
+        return make_book(spec, path.price_at(t_ms), path.sigma_ratio_at(t_ms))
 
     def place(self, request: OrderRequest, now: int) -> SimOrder:
         """Accept an order at `now` (or raise InvalidOrder/InsufficientFunds) and execute
@@ -70,7 +73,7 @@ class Engine:
         order.status = "canceled"
         order.reserved = Decimal(0)
 
-    def _new_order(self, spec: MarketSpec, request: OrderRequest, now: int) -> SimOrder:
+    def _new_order(self, spec: Listing, request: OrderRequest, now: int) -> SimOrder:
         buy = request.side == OrderSide.buy
         return SimOrder(
             id=self.ledger.new_order_id(),
@@ -86,7 +89,7 @@ class Engine:
             reserve_asset=spec.quote if buy else spec.base,
         )
 
-    def _check_funds(self, spec: MarketSpec, order: SimOrder, book: Book) -> None:
+    def _check_funds(self, spec: Listing, order: SimOrder, book: Depth) -> None:
         if order.type == OrderType.market and order.is_buy:
             fills = walk_book(book, True, order.amount)
             need = sum((f.amount * f.price for f in fills), Decimal(0)) * (1 + self.fees.taker)
@@ -100,7 +103,7 @@ class Engine:
                 exchange="sim",
             )
 
-    def _take(self, order: SimOrder, book: Book, t_ms: int, budget: Decimal | None) -> None:
+    def _take(self, order: SimOrder, book: Depth, t_ms: int, budget: Decimal | None) -> None:
         spec = self.specs[order.symbol]
         fills = walk_book(book, order.is_buy, order.remaining, order.price, budget, self.fees.taker)
         for fill in fills:
@@ -108,7 +111,7 @@ class Engine:
             fee = self.fees.taker
             self.ledger.record_fill(order, assets, (fill.price, fill.amount), fee, t_ms, True)
 
-    def _take_then_rest(self, order: SimOrder, book: Book, t_ms: int) -> None:
+    def _take_then_rest(self, order: SimOrder, book: Depth, t_ms: int) -> None:
         self._take(order, book, t_ms, budget=None)
         if order.remaining == 0:
             order.status = "closed"

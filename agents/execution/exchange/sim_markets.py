@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
+from typing import Protocol
 
 from agents.execution.exchange.base import Market
 from agents.execution.exchange.sim_model import PathModel
@@ -106,6 +107,10 @@ class Book:
     bid: Decimal
     ask: Decimal
 
+    @property
+    def amount_step(self) -> Decimal:
+        return self.spec.amount_step
+
     def levels(self, buy: bool) -> Iterator[Level]:
         """The levels a buy (asks, rising) or a sell (bids, falling) walks through."""
         step = self.spec.price_step
@@ -124,6 +129,21 @@ class Book:
             yield Level(price, amount)
 
 
+class Depth(Protocol):
+    """An order book a taker order walks: the sim's synthetic `Book`, or a real exchange's
+    fetched book (`paper.FetchedBook`). `mid` is the price stops are checked against."""
+
+    @property
+    def bid(self) -> Decimal: ...
+    @property
+    def ask(self) -> Decimal: ...
+    @property
+    def mid(self) -> float | Decimal: ...
+    @property
+    def amount_step(self) -> Decimal: ...
+    def levels(self, buy: bool) -> Iterator[Level]: ...
+
+
 def make_book(spec: MarketSpec, mid: float, sigma_ratio: float) -> Book:
     ratio = min(8.0, max(0.25, sigma_ratio))
     half = spec.half_spread * ratio
@@ -136,7 +156,7 @@ def make_book(spec: MarketSpec, mid: float, sigma_ratio: float) -> Book:
 
 
 def walk_book(
-    book: Book,
+    book: Depth,
     buy: bool,
     amount: Decimal,
     limit: Decimal | None = None,
@@ -156,7 +176,7 @@ def walk_book(
         take = min(left, level.amount)
         if budget is not None:
             per_unit = level.price * (1 + fee_rate)
-            take = min(take, to_step((budget - spent) / per_unit, book.spec.amount_step))
+            take = min(take, to_step((budget - spent) / per_unit, book.amount_step))
             if take <= 0:
                 break
         fills.append(Level(level.price, take))

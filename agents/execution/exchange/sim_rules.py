@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from agents.execution.exchange.errors import InvalidOrder
-from agents.execution.exchange.sim_markets import Book, Fees, MarketSpec
+from agents.execution.exchange.sim_markets import Fees
 from agents.execution.exchange.sim_state import SimOrder
 from common.contracts import OrderSide, OrderType
 
@@ -25,6 +25,37 @@ CLIENT_ORDER_ID = re.compile(r"^[A-Za-z0-9._:/-]{1,64}$")
 STOP_BUY_BUFFER = Decimal("0.02")
 
 E = TypeVar("E", bound=StrEnum)
+
+
+class Listing(Protocol):
+    """What the rules need of a symbol: the sim's `MarketSpec` or a real `Market`."""
+
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def base(self) -> str: ...
+    @property
+    def quote(self) -> str: ...
+    @property
+    def amount_step(self) -> Decimal: ...
+    @property
+    def price_step(self) -> Decimal: ...
+    @property
+    def min_amount(self) -> Decimal: ...
+    @property
+    def min_notional(self) -> Decimal: ...
+
+
+class Quote(Protocol):
+    """Best bid and ask now, and the price stops compare with (the sim's `Book`, or a
+    real exchange's `Ticker` through `paper.TickerQuote`)."""
+
+    @property
+    def bid(self) -> Decimal: ...
+    @property
+    def ask(self) -> Decimal: ...
+    @property
+    def mid(self) -> float | Decimal: ...
 
 
 @dataclass(frozen=True)
@@ -39,7 +70,7 @@ class OrderRequest:
 
 
 def parse_request(
-    spec: MarketSpec,
+    spec: Listing,
     side: OrderSide | str,
     type_: OrderType | str,
     amount: object,
@@ -68,7 +99,7 @@ def parse_request(
     return request
 
 
-def check_against_market(spec: MarketSpec, request: OrderRequest, book: Book) -> None:
+def check_against_market(spec: Listing, request: OrderRequest, book: Quote) -> None:
     """Minimum notional at the order's reference price; stops must not fire at once."""
     buy = request.side == OrderSide.buy
     reference = request.price or request.stop_price or (book.ask if buy else book.bid)
@@ -141,7 +172,7 @@ def _decimal(value: object, name: str) -> Decimal:
     return number
 
 
-def _check_amount(spec: MarketSpec, amount: Decimal) -> None:
+def _check_amount(spec: Listing, amount: Decimal) -> None:
     if amount % spec.amount_step:
         raise InvalidOrder(
             f"amount {amount} is not a multiple of {spec.symbol} amount step {spec.amount_step}",
@@ -154,7 +185,7 @@ def _check_amount(spec: MarketSpec, amount: Decimal) -> None:
         )
 
 
-def _check_prices(spec: MarketSpec, request: OrderRequest) -> None:
+def _check_prices(spec: Listing, request: OrderRequest) -> None:
     kind = request.type
     if kind == OrderType.market and (request.price or request.stop_price):
         raise InvalidOrder("market orders take no price or stop_price", exchange="sim")

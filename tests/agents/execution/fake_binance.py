@@ -1,6 +1,7 @@
 """A tiny Binance spot REST API on 127.0.0.1, for testing the CCXT adapter at the HTTP
-boundary: one symbol, orders kept in memory, canned market data, and faults to order
-(an error status and body, or a delay longer than the client's timeout)."""
+boundary: one symbol, orders kept in memory, canned market data (the book and the last
+price can be moved: `bids`, `asks`, `last`; the ticker's bid/ask are the book's tops), and
+faults to order (an error status and body, or a delay longer than the client's timeout)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ class FakeBinance:
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     orders: dict[int, dict[str, Any]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    bids: list[list[str]] = field(default_factory=lambda: [["42000.00", "1.5"], ["41999.50", "3"]])
+    asks: list[list[str]] = field(default_factory=lambda: [[FILL_PRICE, "2"]])
+    last: str = "42000.10"
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -98,15 +102,15 @@ class FakeBinance:
 
     def ticker(self, params: dict[str, str]) -> tuple[int, Any]:
         return 200, {
-            "symbol": "BTCUSDT", "lastPrice": "42000.10", "bidPrice": "42000.00",
-            "bidQty": "1.5", "askPrice": FILL_PRICE, "askQty": "2", "openPrice": "41000",
+            "symbol": "BTCUSDT", "lastPrice": self.last, "bidPrice": self.bids[0][0],
+            "bidQty": self.bids[0][1], "askPrice": self.asks[0][0], "askQty": self.asks[0][1],
+            "openPrice": "41000",
             "highPrice": "43000", "lowPrice": "40000", "volume": "100",
             "quoteVolume": "4200000", "openTime": NOW - 86_400_000, "closeTime": NOW,
         }  # fmt: skip
 
     def depth(self, params: dict[str, str]) -> tuple[int, Any]:
-        return 200, {"lastUpdateId": 7, "bids": [["42000.00", "1.5"], ["41999.50", "3"]],
-                     "asks": [[FILL_PRICE, "2"]]}  # fmt: skip
+        return 200, {"lastUpdateId": 7, "bids": self.bids, "asks": self.asks}
 
     def klines(self, params: dict[str, str]) -> tuple[int, Any]:
         candle = ["42000", "42010.5", "41990", "42005", "1.25"]
