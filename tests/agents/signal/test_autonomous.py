@@ -71,17 +71,17 @@ def _closed_bars(stack: Stack, timeframe: str = "1m") -> Bars:
     return bars
 
 
-def _params_with_a_buy_now(stack: Stack) -> tuple[dict[str, int], int]:
-    """SMA periods whose fast average crossed above the slow one on the last closed
-    minute: the sim's prices are seeded, not chosen, so search for such a pair."""
+def _params_with_a_buy_now(stack: Stack, timeframe: str = "1m") -> tuple[dict[str, int], int]:
+    """SMA periods whose fast average crossed above the slow one on the last closed bar:
+    the sim's prices are seeded, not chosen, so search for such a pair."""
     strategy = get_strategy("sma_cross")
-    bars = _closed_bars(stack)
+    bars = _closed_bars(stack, timeframe)
     for slow in range(3, 80):
         for fast in range(2, slow):
             params = strategy.validate({"fast": fast, "slow": slow})
             if strategy.generate(bars, params).entries[-1]:
                 return {"fast": fast, "slow": slow}, int(bars.ts[-1])
-    pytest.fail("no SMA pair crosses upward on the last closed minute")
+    pytest.fail(f"no SMA pair crosses upward on the last closed {timeframe} bar")
 
 
 def _decide_buy_concurrently(stack: Stack, n: int = 5) -> list[dict[str, Any]]:
@@ -299,8 +299,10 @@ def test_a_refused_attempt_is_tried_again_under_the_next_id_on_the_same_bar(
         )
     }
     for _ in range(3):
-        params, bar_ts = _params_with_a_buy_now(stack)
-        body = {"symbol": SYMBOL, "timeframe": "1m", "strategy": "sma_cross", "params": params}
+        # 3m bars: another test may have ordered this minute's 1m signal already (the
+        # same client order id), and a replay of that order would not be refused.
+        params, bar_ts = _params_with_a_buy_now(stack, "3m")
+        body = {"symbol": SYMBOL, "timeframe": "3m", "strategy": "sma_cross", "params": params}
         # Compliance refuses the first attempt after execution has claimed its id ...
         restricted = {**editable, "restricted_symbols": [SYMBOL]}
         ok(call(stack, "PUT", "compliance", "/policies", json=restricted))
