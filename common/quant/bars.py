@@ -77,21 +77,3 @@ class Bars:
 
     def tail(self, n: int) -> Bars:
         return self.slice(max(len(self) - n, 0))
-
-
-def resample(bars: Bars, step_ms: int) -> Bars:
-    """Aggregate to a coarser grid of `step_ms` (UTC-aligned): first open, max high,
-    min low, last close, summed volume. A bucket is kept even when partial."""
-    if len(bars) == 0:
-        return bars
-    buckets = bars.ts // step_ms * step_ms
-    starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
-    ends = np.r_[starts[1:], len(bars)] - 1
-    return Bars(
-        buckets[starts],
-        bars.open[starts],
-        np.maximum.reduceat(bars.high, starts),
-        np.minimum.reduceat(bars.low, starts),
-        bars.close[ends],
-        np.add.reduceat(bars.volume, starts),
-    )
