@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from agents.backtest import repository
 from agents.backtest.events import announce
+from agents.backtest.jobs import JobRunner
 from agents.backtest.repository import Series
 from agents.backtest.timegrid import step_ms
 from common.clients import Agents
@@ -28,7 +28,6 @@ from common.events import EventBus
 from common.quant.bars import Bars, Ints
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 PAGE_LIMIT = 1000  # candles per request: the most Binance and most CCXT exchanges give
 MAX_RUNNING_JOBS = 2
@@ -79,61 +78,20 @@ class Work:
     cursor: int
 
 
-class Fetcher:
-    """Runs fetch jobs as asyncio tasks, at most `MAX_RUNNING_JOBS` at a time."""
+class Fetcher(JobRunner):
+    """Runs fetch jobs as asyncio tasks, at most `MAX_RUNNING_JOBS` at a time; jobs a
+    stopped process left `running` resume from their cursor at the next start."""
+
+    kind = "fetch"
 
     def __init__(
         self, sessions: sessionmaker[Session], agents: Agents, events: EventBus | None = None
     ) -> None:
-        self.sessions = sessions
-        self.agents = agents
+        super().__init__(sessions, agents, MAX_RUNNING_JOBS)
         self.events = events
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.slots = asyncio.Semaphore(MAX_RUNNING_JOBS)
 
-    async def db(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn(session, *args)` in a thread, in one transaction."""
-
-        def call() -> T:
-            with self.sessions.begin() as session:
-                return fn(session, *args)
-
-        return await asyncio.to_thread(call)
-
-    async def start(self, job_id: str) -> None:
-        """`submit` from a coroutine: background tasks run plain functions in a thread."""
-        self.submit(job_id)
-
-    def submit(self, job_id: str) -> None:
-        if job_id not in self.tasks:
-            task = asyncio.create_task(self.run(job_id), name=f"fetch-{job_id}")
-            self.tasks[job_id] = task
-            task.add_done_callback(lambda _: self.tasks.pop(job_id, None))
-
-    async def resume_unfinished(self) -> None:
-        """Pick up the jobs a previous process left; retried until the database answers."""
-        while True:
-            try:
-                ids = await self.db(repository.unfinished_job_ids)
-                break
-            except Exception as exc:  # database not there yet: try again shortly
-                log.warning("cannot list unfinished fetch jobs", extra={"reason": repr(exc)})
-                await asyncio.sleep(2.0)
-        for job_id in ids:
-            log.info("resuming fetch job", extra={"job": job_id})
-            self.submit(job_id)
-
-    def cancel(self, job_id: str) -> None:
-        task = self.tasks.get(job_id)
-        if task is not None:
-            task.cancel()
-
-    async def close(self) -> None:
-        """Stop every runner; their jobs stay `running` and resume at the next start."""
-        tasks = list(self.tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def unfinished(self, session: Session) -> Sequence[str]:
+        return repository.unfinished_job_ids(session)
 
     # --- one job -------------------------------------------------------------------------
     async def run(self, job_id: str) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from agents.backtest.jobs import JobRunner
 from agents.backtest.runs import bars as run_bars
 from agents.backtest.runs import equity as curves
 from agents.backtest.runs import repository, service
@@ -31,7 +32,6 @@ from common.quant.engine import BacktestResult, run_backtest
 from common.quant.strategies import Context, get_strategy
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 MAX_RUNNING = 2  # two cores: a third run would only slow the other two down
 MAX_ATTEMPTS = 3
@@ -44,58 +44,16 @@ class Work:
     source: str
 
 
-class Runner:
+class Runner(JobRunner):
     """Runs backtests as asyncio tasks (the heavy parts in threads), `MAX_RUNNING` at once."""
 
+    kind = "backtest"
+
     def __init__(self, sessions: sessionmaker[Session], agents: Agents) -> None:
-        self.sessions = sessions
-        self.agents = agents
-        self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.slots = asyncio.Semaphore(MAX_RUNNING)
+        super().__init__(sessions, agents, MAX_RUNNING)
 
-    async def db(self, fn: Callable[..., T], *args: object) -> T:
-        """Run `fn(session, *args)` in a thread, in one transaction."""
-
-        def call() -> T:
-            with self.sessions.begin() as session:
-                return fn(session, *args)
-
-        return await asyncio.to_thread(call)
-
-    async def start(self, run_id: str) -> None:
-        """`submit` from a coroutine: background tasks run plain functions in a thread."""
-        self.submit(run_id)
-
-    def submit(self, run_id: str) -> None:
-        if run_id not in self.tasks:
-            task = asyncio.create_task(self.run(run_id), name=f"backtest-{run_id}")
-            self.tasks[run_id] = task
-            task.add_done_callback(lambda _: self.tasks.pop(run_id, None))
-
-    async def resume_unfinished(self) -> None:
-        """Run again what a previous process left; retried until the database answers."""
-        while True:
-            try:
-                ids = await self.db(repository.unfinished_ids)
-                break
-            except Exception as exc:  # database not there yet: try again shortly
-                log.warning("cannot list unfinished backtests", extra={"reason": repr(exc)})
-                await asyncio.sleep(2.0)
-        for run_id in ids:
-            log.info("running an interrupted backtest again", extra={"backtest": run_id})
-            self.submit(run_id)
-
-    def cancel(self, run_id: str) -> None:
-        task = self.tasks.get(run_id)
-        if task is not None:
-            task.cancel()
-
-    async def close(self) -> None:
-        """Stop every run; they stay `running` and run again at the next start."""
-        tasks = list(self.tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    def unfinished(self, session: Session) -> Sequence[str]:
+        return repository.unfinished_ids(session)
 
     # --- one run -------------------------------------------------------------------------
     async def run(self, run_id: str) -> None:
