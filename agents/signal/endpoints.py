@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import AwareDatetime
 
 from agents.signal import analysis, indicators, models_service, service
@@ -149,44 +149,35 @@ async def predict(body: PredictRequest, rt: RuntimeDep, session: SessionDep) -> 
     return await models_service.predict(rt, session, body)
 
 
-@router.get("/models", tags=["models"])
-def list_models(
-    session: SessionDep,
+def _model_filter(
     symbol: OptionalSymbol = None,
     exchange: OptionalExchange = None,
     timeframe: str | None = None,
     active: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[ModelOut]:
+) -> dict[str, Any]:
+    return {
+        "exchange": exchange,
+        "symbol": None if symbol is None else _symbol(symbol),
+        "timeframe": timeframe,
+        "active": active,
+        "limit": limit,
+    }
+
+
+ModelFilter = Annotated[dict[str, Any], Depends(_model_filter)]
+
+
+@router.get("/models", tags=["models"])
+def list_models(session: SessionDep, where: ModelFilter) -> list[ModelOut]:
     """Stored models, newest first (without their bytes)."""
-    return models_service.list_models(
-        session,
-        exchange=exchange,
-        symbol=None if symbol is None else _symbol(symbol),
-        timeframe=timeframe,
-        active=active,
-        limit=limit,
-    )
+    return models_service.list_models(session, **where)
 
 
 @router.get("/models/performance", tags=["models"])
-def model_performance(
-    session: SessionDep,
-    symbol: OptionalSymbol = None,
-    exchange: OptionalExchange = None,
-    timeframe: str | None = None,
-    active: bool | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[ModelPerformance]:
+def model_performance(session: SessionDep, where: ModelFilter) -> list[ModelPerformance]:
     """Per model: out-of-sample metrics and the backtest of its out-of-sample predictions."""
-    return models_service.performance(
-        session,
-        exchange=exchange,
-        symbol=None if symbol is None else _symbol(symbol),
-        timeframe=timeframe,
-        active=active,
-        limit=limit,
-    )
+    return models_service.performance(session, **where)
 
 
 @router.get("/models/{model_id}", tags=["models"], responses=NOT_FOUND)
