@@ -165,13 +165,7 @@ class PaperExchange(ExchangeAdapter):
     # --- the simulated account -------------------------------------------------------------
     async def fetch_balance(self) -> dict[str, Balance]:
         async with self._lock:
-            used = self._ledger.used()
-            out = {}
-            for asset in sorted(set(self._ledger.balances) | set(used)):
-                total = self._ledger.balances.get(asset, Decimal(0))
-                held = used.get(asset, Decimal(0))
-                out[asset] = Balance(free=total - held, used=held, total=total)
-            return out
+            return self._ledger.balance_sheet()
 
     async def create_order(
         self,

@@ -277,14 +277,7 @@ class SimExchange(ExchangeAdapter):
     async def fetch_balance(self) -> dict[str, Balance]:
         async with self._lock:
             await self._sync_locked()
-            used = self._ledger.used()
-            assets = sorted(set(self._ledger.balances) | set(used))
-            out = {}
-            for asset in assets:
-                total = self._ledger.balances.get(asset, Decimal(0))
-                held = used.get(asset, Decimal(0))
-                out[asset] = Balance(free=total - held, used=held, total=total)
-            return out
+            return self._ledger.balance_sheet()
 
     @_boundary
     async def create_order(

@@ -19,7 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
 
-from agents.execution.exchange.base import ExchangeOrder, OrderStatus, Trade
+from agents.execution.exchange.base import Balance, ExchangeOrder, OrderStatus, Trade
 from agents.execution.exchange.errors import ExchangeError
 from common.contracts import OrderSide, OrderType
 from common.money import quantize
@@ -199,6 +199,16 @@ class Ledger:
             if order.reserved:
                 used[order.reserve_asset] = used.get(order.reserve_asset, ZERO) + order.reserved
         return used
+
+    def balance_sheet(self) -> dict[str, Balance]:
+        """Free, held (by open orders) and total per asset."""
+        used = self.used()
+        out = {}
+        for asset in sorted(set(self.balances) | set(used)):
+            total = self.balances.get(asset, Decimal(0))
+            held = used.get(asset, Decimal(0))
+            out[asset] = Balance(free=total - held, used=held, total=total)
+        return out
 
     def free(self, asset: str) -> Decimal:
         return self.balances.get(asset, ZERO) - self.used().get(asset, ZERO)
