@@ -10,6 +10,7 @@ execution instead of placing a second one.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -123,6 +124,36 @@ def read_signal(
     }
 
 
+@dataclass(frozen=True)
+class Account:
+    """Execution's view of one exchange account, as its endpoints answer it."""
+
+    positions: list[dict[str, Any]]
+    balances: dict[str, dict[str, Any]]
+
+    def holding(self, symbol: str) -> tuple[Decimal, Decimal]:
+        """The position's amount, and how much of the base currency is free to sell."""
+        held = next(
+            (Decimal(p["amount"]) for p in self.positions if p["symbol"] == symbol),
+            Decimal(0),
+        )
+        free = Decimal(self.balances.get(symbol.split("/")[0], {}).get("free", 0))
+        return held, free if held > 0 else Decimal(0)
+
+    def equity(self, quote: str) -> Decimal:
+        """Cash in `quote` plus the positions quoted in it, at their marks."""
+        cash = Decimal(self.balances.get(quote, {}).get("total", 0))
+        marked = sum(
+            (
+                Decimal(p["amount"]) * Decimal(p["mark_price"] or p["entry_price"])
+                for p in self.positions
+                if p["symbol"].endswith("/" + quote)
+            ),
+            Decimal(0),
+        )
+        return cash + marked
+
+
 def _significant(value: float, digits: int = 6) -> Decimal:
     return Decimal(format(value, f".{digits}g"))
 
@@ -173,7 +204,8 @@ class Ticker:
             out.reasons["probability"] = round(float(predictions[-1]), 4)
         out.signal, facts = read_signal(config, bars, predictions)
         out.reasons.update(facts)
-        held, free = await self._holding(config)
+        account = await self._account(config)
+        held, free = account.holding(config.symbol)
         out.reasons["position"] = str(held)
         bar_ts = int(bars.ts[-1])
         if held > 0 and not out.reasons["wants_long"]:
@@ -194,7 +226,7 @@ class Ticker:
         elif state["state"] == REDUCING:
             out.detail = "buy signal, but trading is REDUCING: only reductions go out"
         else:
-            await self._buy(config, bar_ts, out)
+            await self._buy(config, bar_ts, out, account.equity(config.symbol.split("/")[1]))
 
     async def _bars(self, config: TickConfig) -> Bars:
         step = timeframe_ms(config.timeframe)
@@ -206,40 +238,19 @@ class Ticker:
         )
         return closed_bars(body["bars"], step, int(time.time() * 1000))
 
-    async def _holding(self, config: TickConfig) -> tuple[Decimal, Decimal]:
-        """The position's amount, and how much of the base currency is free to sell."""
-        positions = await self.agents.execution.get(f"/positions/{config.exchange}")
-        held = next(
-            (Decimal(p["amount"]) for p in positions if p["symbol"] == config.symbol),
-            Decimal(0),
+    async def _account(self, config: TickConfig) -> Account:
+        """Execution's positions and balances on the exchange, read once per tick."""
+        positions, balance = await asyncio.gather(
+            self.agents.execution.get(f"/positions/{config.exchange}"),
+            self.agents.execution.get(f"/balance/{config.exchange}"),
         )
-        if held <= 0:
-            return held, Decimal(0)
-        balance = await self.agents.execution.get(f"/balance/{config.exchange}")
-        base = config.symbol.split("/")[0]
-        return held, Decimal(balance["balances"].get(base, {}).get("free", 0))
+        return Account(positions, balance["balances"])
 
-    async def _equity(self, config: TickConfig) -> Decimal:
-        quote = config.symbol.split("/")[1]
-        balance = await self.agents.execution.get(f"/balance/{config.exchange}")
-        positions = await self.agents.execution.get(f"/positions/{config.exchange}")
-        cash = Decimal(balance["balances"].get(quote, {}).get("total", 0))
-        held = sum(
-            (
-                Decimal(p["amount"]) * Decimal(p["mark_price"] or p["entry_price"])
-                for p in positions
-                if p["symbol"].endswith("/" + quote)
-            ),
-            Decimal(0),
-        )
-        return cash + held
-
-    async def _buy(self, config: TickConfig, bar_ts: int, out: Outcome) -> None:
+    async def _buy(self, config: TickConfig, bar_ts: int, out: Outcome, equity: Decimal) -> None:
         atr, close = out.reasons["atr"], out.reasons["close"]
         if not atr:
             out.detail = "buy signal, but ATR is not known yet: cannot size the trade"
             return
-        equity = await self._equity(config)
         size = await self.agents.risk.post(
             "/position-size",
             json={
