@@ -74,7 +74,7 @@ class Authenticator:
 _bearer = HTTPBearer(auto_error=False, description="the operator token from `volex token`")
 
 
-def require_caller(
+async def require_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:

@@ -1,4 +1,5 @@
-"""Engine and session factories, the session dependency and the TimescaleDB helper.
+"""Engine and session factories, the session dependency, the TimescaleDB helper, and
+`LoopWriter` for single-statement inserts on the event loop.
 
 Handlers get a session from `SessionDep`; it commits when the handler returns and
 rolls back when it raises. Services and repositories never commit themselves.
@@ -6,13 +7,15 @@ rolls back when it raises. Services and repositories never commit themselves.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, make_url, text
 from sqlalchemy.exc import (
     DisconnectionError,
     IntegrityError,
@@ -182,3 +185,82 @@ def make_time_series(
     index = f"ix_{table}_{'_'.join([*key_columns, time_column])}"
     conn.execute(text(f"CREATE INDEX IF NOT EXISTS {index} ON {table} ({columns})"))
     return False
+
+
+# Connection lost or refused, server shutting down or starting, pool closed: an outage.
+_OUTAGES = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
+
+
+class LoopWriter:
+    """Single-statement inserts on the event loop itself (asyncpg), for the hot paths where
+    a worker-thread hop and SQLAlchemy's statement handling were most of a request's
+    time (measured on `POST /signals/generate`: bench/README.md).
+
+    Each `insert` is one pipelined `executemany` ending in one Sync: one implicit
+    transaction, all rows or none. Connections open on first use (a database that is
+    down at start-up does not stop the service) and a broken one fails its statement
+    with a 503 and is replaced, as the SQLAlchemy engines above do.
+    """
+
+    def __init__(self, url: str, *, size: int = 4, synchronous_commit: bool = True) -> None:
+        self.url = make_url(url).set(drivername="postgresql").render_as_string(False)
+        self.size = size
+        self.settings = {"application_name": "volexswarm"}
+        if not synchronous_commit:  # see make_engine: derived history only
+            self.settings["synchronous_commit"] = "off"
+        self._pool: asyncpg.Pool | None = None
+        self._sql: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.url,
+            min_size=0,
+            max_size=self.size,
+            timeout=3,  # connect
+            command_timeout=5,
+            server_settings=self.settings,
+            init=_json_codecs,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def insert(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        """Insert `rows` (dicts with the same keys, named after `table`'s columns)."""
+        if not rows:
+            return
+        if self._pool is None:
+            raise ServiceUnavailable("database unavailable (the writer is not open)")
+        names = tuple(rows[0])
+        sql = self._sql.get((table.name, names))
+        if sql is None:
+            columns = ", ".join(f'"{table.c[name].name}"' for name in names)  # KeyError: a bug
+            values = ", ".join(f"${i}" for i in range(1, len(names) + 1))
+            sql = f'INSERT INTO "{table.name}" ({columns}) VALUES ({values})'  # noqa: S608
+            self._sql[(table.name, names)] = sql
+        try:
+            async with self._pool.acquire() as connection:
+                await connection.executemany(sql, [tuple(r[n] for n in names) for r in rows])
+        except _OUTAGES as exc:
+            log.warning("database unavailable: %s", exc.__class__.__name__)
+            raise ServiceUnavailable(f"database unavailable ({exc.__class__.__name__})") from exc
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise Conflict(f"conflicts with stored data: {str(exc).splitlines()[0][:200]}") from exc
+        except asyncpg.PostgresError as exc:
+            log.error("database error", exc_info=exc)
+            raise VolexError("internal database error; see the service log") from exc
+
+
+async def _json_codecs(connection: asyncpg.Connection) -> None:
+    for kind in ("json", "jsonb"):
+        await connection.set_type_codec(
+            kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )

@@ -94,7 +94,7 @@ class Kit:
     identity_changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def get_kit(request: Request) -> Kit:
+async def get_kit(request: Request) -> Kit:
     kit: Kit = request.app.state.kit
     return kit
 
@@ -102,19 +102,19 @@ def get_kit(request: Request) -> Kit:
 KitDep = Annotated[Kit, Depends(get_kit)]
 
 
-def get_vault(kit: KitDep) -> VaultClient:
+async def get_vault(kit: KitDep) -> VaultClient:
     if kit.vault is None:
         raise ServiceUnavailable("this service has no Vault client")
     return kit.vault
 
 
-def get_agents(kit: KitDep) -> Agents:
+async def get_agents(kit: KitDep) -> Agents:
     if kit.agents is None:
         raise ServiceUnavailable("agent clients are not ready")
     return kit.agents
 
 
-def get_events(kit: KitDep) -> EventBus:
+async def get_events(kit: KitDep) -> EventBus:
     if kit.events is None:
         raise ServiceUnavailable("this service has no Redis connection")
     return kit.events

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Column, MetaData, Table, text
 
 from common.auth import api_token_path
 from common.clients import Agents
-from common.db import make_time_series
-from common.errors import ServiceUnavailable, UpstreamError, VolexError
+from common.db import LoopWriter, make_time_series
+from common.errors import Conflict, ServiceUnavailable, UpstreamError, VolexError
 from common.events import EventBus
 from common.logging import JsonFormatter, register_secret
 from common.settings import Settings
@@ -223,6 +223,55 @@ def test_time_series_helper_indexes_a_plain_table_without_timescaledb(stack: Sta
         conn.execute(text("DROP TABLE ts_probe"))
     assert made_hypertable is False  # the embedded PostgreSQL has no TimescaleDB
     assert any('(symbol, "time" DESC)' in ix for ix in indexes), indexes
+
+
+def test_loop_writer_inserts_all_rows_or_none_and_maps_failures(stack: Stack) -> None:
+    with stack.engine().begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS writer_probe"))
+        conn.execute(
+            text(
+                "CREATE TABLE writer_probe (id int PRIMARY KEY, side text NOT NULL"
+                " CHECK (side IN ('buy', 'sell')), meta jsonb NOT NULL)"
+            )
+        )
+    table = Table("writer_probe", MetaData(), Column("id"), Column("side"), Column("meta"))
+    url = stack.settings.resolved_database_url()
+
+    async def run() -> list[Exception]:
+        writer = LoopWriter(url, size=2, synchronous_commit=False)
+        await writer.open()
+        failures: list[Exception] = []
+        try:
+            await writer.insert(table, [{"id": i, "side": "buy", "meta": {"n": i}} for i in (1, 2)])
+            bad = [{"id": 3, "side": "buy", "meta": {}}, {"id": 4, "side": "hold", "meta": {}}]
+            again = [{"id": 5, "side": "sell", "meta": {}}, {"id": 1, "side": "sell", "meta": {}}]
+            for rows in (bad, again):
+                try:
+                    await writer.insert(table, rows)
+                except VolexError as exc:
+                    failures.append(exc)
+        finally:
+            await writer.close()
+        nowhere = LoopWriter(url.replace(f":{stack.settings.pg_port}/", ":1/"))
+        await nowhere.open()
+        try:
+            await nowhere.insert(table, [{"id": 9, "side": "buy", "meta": {}}])
+        except VolexError as exc:
+            failures.append(exc)
+        finally:
+            await nowhere.close()
+        return failures
+
+    check, duplicate, unreachable = asyncio.run(run())
+    with stack.engine().begin() as conn:
+        stored = conn.execute(text("SELECT id, side, meta FROM writer_probe ORDER BY id")).all()
+        conn.execute(text("DROP TABLE writer_probe"))
+    # The batches with a bad row left nothing behind: not row 3, not row 5.
+    assert [tuple(row) for row in stored] == [(1, "buy", {"n": 1}), (2, "buy", {"n": 2})]
+    assert isinstance(check, Conflict) and "writer_probe_side_check" in check.message
+    assert isinstance(duplicate, Conflict) and "writer_probe_pkey" in duplicate.message
+    assert isinstance(unreachable, ServiceUnavailable)
+    assert "database unavailable" in unreachable.message
 
 
 def test_migrations_are_at_every_head(stack: Stack) -> None:

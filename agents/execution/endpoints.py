@@ -33,12 +33,12 @@ from common.models import Order
 router = APIRouter()
 
 
-def get_orders(request: Request) -> OrderService:
+async def get_orders(request: Request) -> OrderService:
     service: OrderService = request.app.state.orders
     return service
 
 
-def get_reconciler(request: Request) -> Reconciler:
+async def get_reconciler(request: Request) -> Reconciler:
     reconciler: Reconciler = request.app.state.reconciler
     return reconciler
 

@@ -149,7 +149,7 @@ async def predict(body: PredictRequest, rt: RuntimeDep, session: SessionDep) -> 
     return await models_service.predict(rt, session, body)
 
 
-def _model_filter(
+async def _model_filter(
     symbol: OptionalSymbol = None,
     exchange: OptionalExchange = None,
     timeframe: str | None = None,

@@ -60,8 +60,10 @@ class Calibration:
 
 
 def _last_true(flags: np.ndarray) -> int:
-    found = np.flatnonzero(flags)
-    return int(found[-1]) if found.size else -1
+    if len(flags) == 0:
+        return -1
+    from_end = int(np.argmax(flags[::-1]))  # the first True from the end (or 0 if none)
+    return len(flags) - 1 - from_end if flags[-1 - from_end] else -1
 
 
 def position_now(signals: Signals) -> int:
@@ -89,7 +91,8 @@ def verdict(signals: Signals) -> Verdict:
 
 def score(runs: Sequence[Run]) -> Floats:
     """The ensemble score per bar: the mean of the strategies' strengths."""
-    stacked = np.vstack([np.nan_to_num(r.signals.strength, nan=0.0) for r in runs])
+    stacked = np.vstack([r.signals.strength for r in runs])
+    stacked[np.isnan(stacked)] = 0.0
     return np.clip(stacked.mean(axis=0), -1.0, 1.0)
 
 

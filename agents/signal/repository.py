@@ -7,19 +7,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, func, insert, select, text, update
+from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.orm import Session, defer
 
+from common.db import LoopWriter
 from common.models.signal import SignalModel, SignalRecord
 
 # --- signals ---------------------------------------------------------------------------------
 SIGNALS: Table = SignalRecord.__table__  # type: ignore[assignment]
 
 
-def insert_signals(session: Session, rows: list[dict[str, Any]]) -> None:
-    """All rows of one generate call in one statement. The table's (Core) insert, not the
-    ORM's bulk path: that one splits rows by which values are None, into several."""
-    session.execute(insert(SIGNALS), rows)
+async def insert_signals(writer: LoopWriter, rows: list[dict[str, Any]]) -> None:
+    """All rows of one generate call, all or none, on the event loop."""
+    await writer.insert(SIGNALS, rows)
 
 
 @dataclass(frozen=True, slots=True)

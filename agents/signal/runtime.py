@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
-from sqlalchemy.orm import Session, sessionmaker
 
 from agents.signal.artifacts import ModelCache
 from agents.signal.market import BarSource
 from agents.signal.repository import ModelRef
 from common.contracts import MARKET_DATA_CHANNEL
-from common.db import make_engine, make_session_factory
+from common.db import LoopWriter
 from common.errors import ServiceUnavailable
 from common.events import EventBus
 from common.service import Kit
@@ -59,9 +58,10 @@ class ActiveModels:
 @dataclass
 class Runtime:
     bars: BarSource
-    # Signal history is written through its own engine with synchronous_commit off: a
-    # generate call does not wait for the disk (rows are derived; see common.db).
-    history: sessionmaker[Session] | None = None
+    # Signal history is written on the event loop (asyncpg) with synchronous_commit off:
+    # a generate call's one INSERT needs no worker thread and does not wait for the disk
+    # (rows are derived; see common.db).
+    history: LoopWriter | None = None
     models: ModelCache = field(default_factory=ModelCache)
     active: ActiveModels = field(default_factory=ActiveModels)
     # One training at a time: it is CPU-bound and must not starve signal requests.
@@ -91,13 +91,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise RuntimeError("the kit opens the agent clients before the signal lifespan runs")
     history = None
     if kit.engine is not None:
-        history = make_engine(
-            kit.settings.resolved_database_url(), pool_size=HISTORY_POOL, synchronous_commit=False
+        history = LoopWriter(
+            kit.settings.resolved_database_url(), size=HISTORY_POOL, synchronous_commit=False
         )
-    runtime = Runtime(
-        bars=BarSource(kit.agents),
-        history=make_session_factory(history) if history is not None else None,
-    )
+        await history.open()
+    runtime = Runtime(bars=BarSource(kit.agents), history=history)
     app.state.signal = runtime
     follower = None
     if kit.events is not None:
@@ -109,10 +107,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             follower.cancel()
             await asyncio.gather(follower, return_exceptions=True)
         if history is not None:
-            history.dispose()
+            await history.close()
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime | None = getattr(request.app.state, "signal", None)
     if runtime is None:
         raise ServiceUnavailable("the signal service is still starting")

@@ -34,7 +34,7 @@ from agents.signal.schemas import (
     StrategySignal,
 )
 from common.db import database_error
-from common.errors import NotFound, Unprocessable
+from common.errors import NotFound, ServiceUnavailable, Unprocessable
 from common.quant.bars import Bars, Floats
 from common.quant.strategies import STRATEGIES, Context, Params, Strategy, get_strategy
 
@@ -187,7 +187,9 @@ async def generate(
         strategies=signals,
         ensemble=verdict,
     )
-    await _db(_store, rt.history or sessions, _rows(response, caller))
+    if rt.history is None:
+        raise ServiceUnavailable("this service has no database configured")
+    await repo.insert_signals(rt.history, _rows(response, caller))
     return response
 
 
@@ -201,15 +203,6 @@ async def _db(fn: Callable[..., T], *args: Any) -> T:
 def _active_model(sessions: sessionmaker[Session], key: tuple[str, str, str]) -> ModelRef | None:
     with sessions() as session:
         return repo.active_model_ref(session, *key)
-
-
-def _store(sessions: sessionmaker[Session], rows: list[dict[str, Any]]) -> None:
-    """One INSERT of every row, committed on its own (autocommit): a single statement is
-    atomic, and it saves the BEGIN and COMMIT round trips of a transaction. `sessions`
-    is the runtime's history engine (synchronous_commit off)."""
-    with sessions() as session:
-        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        repo.insert_signals(session, rows)
 
 
 def _rows(r: GenerateResponse, caller: str) -> list[dict[str, Any]]:

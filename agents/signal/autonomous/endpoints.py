@@ -24,7 +24,7 @@ from common.errors import ServiceUnavailable
 router = APIRouter(prefix="/autonomous", tags=["autonomous"])
 
 
-def get_autonomy(request: Request) -> Autonomy:
+async def get_autonomy(request: Request) -> Autonomy:
     autonomy: Autonomy | None = getattr(request.app.state, "autonomy", None)
     if autonomy is None:
         raise ServiceUnavailable("the autonomous loop is not ready")
