@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from common.models.signal import SignalRecord
 from tests.agents.signal.conftest import Signal, fresh_symbol
@@ -262,6 +262,14 @@ def test_signal_history_filters_and_pages(signal: Signal) -> None:
         signal.ok(signal.get("/signals", params={"symbol": symbol, "exchange": "kraken"}))["items"]
         == []
     )
+
+
+def test_newest_signals_of_every_market_are_read_through_an_index(signal: Signal) -> None:
+    """`GET /signals` without a symbol sorts by (generated_at, id) newest first; on a plain
+    table (no TimescaleDB here) an index must serve that order, or the whole history is
+    sorted on every call."""
+    found = signal.execute(text("SELECT indexdef FROM pg_indexes WHERE tablename = 'signals'"))
+    assert any("(generated_at DESC, id DESC)" in row["indexdef"] for row in found), found
 
 
 @pytest.mark.parametrize(
