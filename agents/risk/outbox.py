@@ -1,12 +1,13 @@
-"""Delivers the audit outbox to compliance (`POST /audit/events`) in the background.
+"""Delivers the audit outbox to compliance (`POST /audit/events/batch`) in the background.
 
-Events are sent oldest first. While compliance is down, answers 404 (not deployed
-yet) or refuses our token, the flusher stops at the first failure and retries the
-same event with a growing pause (up to MAX_BACKOFF_S), so the log keeps its order
-and nothing is lost. Each event carries `event_id` (to drop a redelivery) and
-`occurred_at` (it may arrive late) in its data. An event compliance rejects as
-invalid (400/409/422) is set aside for REJECTED_RETRY_S so it cannot block the ones
-behind it; it is retried too.
+Events are sent oldest first, everything pending in one call. While compliance is down,
+answers 404 (not deployed yet) or refuses our token, the flusher stops at the first
+failure and retries the same events with a growing pause (up to MAX_BACKOFF_S), so the
+log keeps its order and nothing is lost. Each event carries `event_id` (to drop a
+redelivery) and `occurred_at` (it may arrive late) in its data. An event compliance
+rejects as invalid (400/409/422) makes the batch go one event at a time (`POST
+/audit/events`), and that event is set aside for REJECTED_RETRY_S so it cannot block
+the ones behind it; it is retried too.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from common.service import Kit
 log = logging.getLogger(__name__)
 
 AUDIT_PATH = "/audit/events"
+BATCH_PATH = "/audit/events/batch"
 IDLE_S = 1.0
 MAX_BACKOFF_S = 15.0
 REJECTED_RETRY_S = 300.0
@@ -64,10 +66,10 @@ def _load_pending(kit: Kit) -> list[_Pending]:
         ]
 
 
-def _delivered(kit: Kit, event_id: int) -> None:
+def _delivered(kit: Kit, event_ids: list[int]) -> None:
     assert kit.session_factory is not None
     with kit.session_factory.begin() as session:
-        repo.mark_delivered(session, event_id)
+        repo.mark_delivered(session, event_ids)
 
 
 def _failed(kit: Kit, event_id: int, error: str, retry_after_s: float) -> None:
@@ -77,10 +79,33 @@ def _failed(kit: Kit, event_id: int, error: str, retry_after_s: float) -> None:
 
 
 async def flush(kit: Kit) -> bool:
-    """Send what is pending; False when compliance could not take it and we should back off."""
+    """Send what is pending; False when compliance could not take it and we should back off.
+
+    Everything pending goes in one call (`/audit/events/batch`: one transaction at
+    compliance, all or none). If compliance refuses the batch as invalid, the events go
+    one at a time instead, so only the refused one is set aside.
+    """
     if kit.agents is None or kit.session_factory is None:
         return False
-    for event in await asyncio.to_thread(_load_pending, kit):
+    pending = await asyncio.to_thread(_load_pending, kit)
+    if not pending:
+        return True
+    try:
+        await kit.agents.compliance.post(
+            BATCH_PATH, json=[event.body for event in pending], timeout=SEND_TIMEOUT_S
+        )
+    except VolexError as exc:
+        if exc.status_code not in REJECTED:
+            await asyncio.to_thread(_failed, kit, pending[0].id, exc.message, 0.0)
+            return False
+        return await _one_by_one(kit, pending)
+    await asyncio.to_thread(_delivered, kit, [event.id for event in pending])
+    return True
+
+
+async def _one_by_one(kit: Kit, pending: list[_Pending]) -> bool:
+    assert kit.agents is not None
+    for event in pending:
         try:
             await kit.agents.compliance.post(AUDIT_PATH, json=event.body, timeout=SEND_TIMEOUT_S)
         except VolexError as exc:
@@ -92,7 +117,7 @@ async def flush(kit: Kit) -> bool:
                 return False
             log.warning("compliance rejected an audit event", extra={"reason": exc.message})
             continue
-        await asyncio.to_thread(_delivered, kit, event.id)
+        await asyncio.to_thread(_delivered, kit, [event.id])
     return True
 
 

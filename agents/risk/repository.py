@@ -277,10 +277,10 @@ def pending_audit(session: Session, limit: int) -> Sequence[RiskAuditOutbox]:
     return session.execute(query).scalars().all()
 
 
-def mark_delivered(session: Session, event_id: int) -> None:
+def mark_delivered(session: Session, event_ids: list[int]) -> None:
     session.execute(
         update(RiskAuditOutbox)
-        .where(RiskAuditOutbox.id == event_id)
+        .where(RiskAuditOutbox.id.in_(event_ids))
         .values(
             delivered_at=func.now(),
             last_attempt_at=func.now(),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from tests.agents.risk.conftest import Risk
 
@@ -180,3 +182,46 @@ def test_halt_without_the_database_still_reaches_execution_and_says_so(risk: Ris
     stack.wait_for(lambda: stack.healthy("risk"), timeout=240, what="risk to recover")
     state = risk.state()
     assert state["state"] == "ACTIVE", state  # never recorded, as the 503 said
+
+
+def test_outbox_sets_aside_an_event_compliance_refuses_and_delivers_the_rest(risk: Risk) -> None:
+    """Pending events go out together; one compliance refuses (422) must not hold back the
+    others: they are delivered, it waits for its own retry with the reason recorded."""
+    tag = uuid.uuid4().hex
+    rows = [
+        {"event_id": str(uuid.uuid4()), "subject": subject}
+        for subject in (f"{tag}-first", f"{tag}-bad\x01", f"{tag}-last")
+    ]
+    engine = risk.stack.engine()
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO risk_audit_outbox (event_id, kind, actor, subject, data, attempts)"
+                    " VALUES (:event_id, 'risk.test', 'risk', :subject, '{}', 0)"
+                ),
+                rows,
+            )
+
+        def settled() -> list[dict[str, Any]] | None:
+            found = risk.rows(
+                "SELECT * FROM risk_audit_outbox WHERE subject LIKE :tag ORDER BY id",
+                tag=f"{tag}%",
+            )
+            return found if found[0]["delivered_at"] and found[2]["delivered_at"] else None
+
+        first, bad, last = risk.stack.wait_for(settled, timeout=60, what="the good events out")
+        assert bad["delivered_at"] is None and "control characters" in bad["last_error"]
+        assert bad["next_attempt_at"] > bad["last_attempt_at"]  # set aside, not retried at once
+        with engine.connect() as conn:
+            subjects = conn.execute(
+                text("SELECT subject FROM audit_events WHERE subject LIKE :tag ORDER BY id"),
+                {"tag": f"{tag}%"},
+            ).scalars()
+            assert list(subjects) == [first["subject"], last["subject"]]
+    finally:
+        with engine.begin() as conn:  # the refused one would stay at the head of the queue
+            conn.execute(
+                text("DELETE FROM risk_audit_outbox WHERE subject LIKE :tag"), {"tag": f"{tag}%"}
+            )
+        engine.dispose()
