@@ -18,14 +18,14 @@ UNSETTLED = frozenset({"pending", "unknown"})
 
 
 def claim(session: Session, values: dict[str, Any]) -> Order | None:
-    """Insert a pending order; None if its client order id is already taken."""
-    order_id = session.execute(
+    """Insert a pending order; None if its client order id is already taken. One
+    statement: the row comes back with the insert."""
+    return session.scalars(
         insert(Order)
         .values(status="pending", filled=Decimal(0), fee=Decimal(0), **values)
         .on_conflict_do_nothing(index_elements=["client_order_id"])
-        .returning(Order.id)
-    ).scalar_one_or_none()
-    return None if order_id is None else session.get(Order, order_id)
+        .returning(Order)
+    ).one_or_none()
 
 
 def by_client_id(session: Session, client_order_id: str) -> Order | None:
@@ -78,6 +78,14 @@ def add_fill(session: Session, values: dict[str, Any]) -> bool:
 
 def position(session: Session, exchange: str, symbol: str) -> Position:
     """The position row, locked for update (created flat if new)."""
+    locked = (
+        select(Position)
+        .where(Position.exchange == exchange, Position.symbol == symbol)
+        .with_for_update()
+    )
+    found = session.scalars(locked).one_or_none()
+    if found is not None:
+        return found
     session.execute(
         insert(Position)
         .values(
@@ -89,11 +97,7 @@ def position(session: Session, exchange: str, symbol: str) -> Position:
         )
         .on_conflict_do_nothing()
     )
-    return session.scalars(
-        select(Position)
-        .where(Position.exchange == exchange, Position.symbol == symbol)
-        .with_for_update()
-    ).one()
+    return session.scalars(locked).one()
 
 
 def positions(session: Session, exchange: str | None = None) -> Sequence[Position]:

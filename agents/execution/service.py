@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -52,7 +52,7 @@ from common.contracts import (
     TradingState,
 )
 from common.errors import Conflict, ServiceUnavailable, Unprocessable, VolexError
-from common.models import Order
+from common.models import Order, Position
 from common.money import to_step
 
 log = logging.getLogger(__name__)
@@ -162,19 +162,34 @@ class OrderService:
             "role": "entry",
             "requested_by": caller.name,
         }
-        with self._stage("claim"):
-            order = await self.db(self._claim, values, caller.name)
+        # The claim and the account risk must see are independent: read the account while
+        # the claim commits. (A replay's account read is wasted; nothing is written.)
+        claimed, book = await asyncio.gather(
+            self._timed("claim", self.db(self._claim, values, caller.name)),
+            self._timed("portfolio", self.portfolio(req.exchange, req.symbol)),
+            return_exceptions=True,
+        )
+        if isinstance(claimed, BaseException):
+            raise claimed
+        order = claimed
         self.wake_relay()
         if order is None:  # the client order id is taken (a retry, or a race): same order
             found = await self.db(self._find, cid)
             assert found is not None
             return _same_request(found, req), False
         try:
+            if isinstance(book, BaseException):
+                raise book
             _check_brackets(req, mid)  # after the claim: a replay gets its order, not a 422
-            await self._approve(order, market, mid, age)
+            await self._approve(order, market, mid, age, book)
         except VolexError as exc:
             await self.db(self._finish, order.id, "rejected", exc.message, caller.name)
             raise
+        except ExchangeError as exc:
+            await self.db(self._finish, order.id, "rejected", str(exc), caller.name)
+            raise ServiceUnavailable(
+                f"{order.exchange} could not be read before the checks: {exc}"
+            ) from exc
         with self._stage("send_and_record"):
             return await self.send(order), True
 
@@ -186,9 +201,19 @@ class OrderService:
                 f"{exchange} has no price for {symbol} right now: {exc}"
             ) from exc
 
-    async def _approve(self, order: Order, market: Market, mid: Decimal, age_ms: int) -> None:
-        with self._stage("portfolio"):
-            portfolio, resting = await self.portfolio(order.exchange, order)
+    async def _timed(self, stage: str, work: Awaitable[T]) -> T:
+        with self._stage(stage):
+            return await work
+
+    async def _approve(
+        self,
+        order: Order,
+        market: Market,
+        mid: Decimal,
+        age_ms: int,
+        book: tuple[PortfolioView, list[RestingOrder]],
+    ) -> None:
+        portfolio, resting = book
         pre_trade = PreTradeRequest(
             client_order_id=order.client_order_id,
             exchange=order.exchange,
@@ -308,8 +333,11 @@ class OrderService:
             order = repo.get(session, order_id, lock=True)
             assert order is not None
             order.exchange_order_id = ex.id
+            pos: Position | None = None  # locked once, after the order row, if needed
             for trade in ex.trades:
-                self._record_trade(session, order, trade)
+                if pos is None:
+                    pos = repo.position(session, order.exchange, order.symbol)
+                self._record_trade(session, order, pos, trade)
             if ex.filled < order.filled:  # an older answer arrived late: keep the newer one
                 return order
             order.filled, order.fee = ex.filled, ex.fee
@@ -328,11 +356,10 @@ class OrderService:
                 order.status = status
             armable = order.role == "entry" and order.filled > 0
             if armable and status in repo.FINAL and not was_final:
-                _arm_position(session, order)
+                _arm_position(order, pos or repo.position(session, order.exchange, order.symbol))
             return order
 
-    def _record_trade(self, session: Session, order: Order, trade: Any) -> None:
-        pos = repo.position(session, order.exchange, order.symbol)
+    def _record_trade(self, session: Session, order: Order, pos: Position, trade: Any) -> None:
         quote = order.symbol.split("/")[1]
         base = order.symbol.split("/")[0]
         fee = Decimal(trade.fee)
@@ -392,13 +419,13 @@ class OrderService:
 
     # --- portfolio -----------------------------------------------------------------------------
     async def portfolio(
-        self, exchange: str, order: Order | None = None
+        self, exchange: str, symbol: str | None = None
     ) -> tuple[PortfolioView, list[RestingOrder]]:
-        """The account as risk should see it, and our resting orders beside `order`."""
+        """The account as risk should see it, and our resting orders in `symbol`."""
         adapter = self.exchanges.get(exchange)
         balances = await adapter.fetch_balance()
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        rows, realized, resting = await self.db(self._book, exchange, today, order)
+        rows, realized, resting = await self.db(self._book, exchange, today, symbol)
         views = []
         for row in rows:
             mark, _ = await self._mark(exchange, row.symbol)
@@ -421,7 +448,7 @@ class OrderService:
         return view, resting
 
     def _book(
-        self, exchange: str, since: datetime, order: Order | None
+        self, exchange: str, since: datetime, symbol: str | None
     ) -> tuple[list[Any], Decimal, list[RestingOrder]]:
         """Positions, today's realized PnL and resting orders, in one session."""
         with self.sessions() as session:
@@ -429,11 +456,11 @@ class OrderService:
             realized = repo.realized_since(session, since)
             resting = (
                 []
-                if order is None
+                if symbol is None
                 else [
                     RestingOrder(side=OrderSide(o.side), price=o.price, amount=o.amount - o.filled)
-                    for o in repo.live(session, order.exchange)
-                    if o.symbol == order.symbol and o.price is not None and o.amount > o.filled
+                    for o in repo.live(session, exchange)
+                    if o.symbol == symbol and o.price is not None and o.amount > o.filled
                 ]
             )
         return rows, realized, resting
@@ -507,9 +534,8 @@ def _check_brackets(req: OrderRequest, mid: Decimal) -> None:
         )
 
 
-def _arm_position(session: Session, order: Order) -> None:
+def _arm_position(order: Order, pos: Position) -> None:
     """Attach the order's protective legs to the position it opened or added to."""
-    pos = repo.position(session, order.exchange, order.symbol)
     if pos.amount == 0 or (pos.amount > 0) != (order.side == "buy"):
         return  # the order reduced or flipped the position: its legs do not describe it
     if order.stop_loss is not None:

@@ -188,6 +188,9 @@ class Ledger:
         self.seed = seed
         self.balances = dict(balances)
         self.orders: dict[str, SimOrder] = {}
+        # Orders that were open when last seen: a superset of the open ones (an order
+        # never reopens), so finding them does not scan every order ever placed.
+        self._maybe_open: dict[str, SimOrder] = {}
         self.by_client_id: dict[str, str] = {}
         self.trades: dict[str, Trade] = {}
         self.next_order = 1
@@ -214,11 +217,29 @@ class Ledger:
         return self.balances.get(asset, ZERO) - self.used().get(asset, ZERO)
 
     def open_orders(self) -> list[SimOrder]:
-        return [o for o in self.orders.values() if o.status == "open"]
+        """Open orders, oldest first."""
+        still = [o for o in self._maybe_open.values() if o.status == "open"]
+        if len(still) != len(self._maybe_open):
+            self._maybe_open = {o.id: o for o in still}
+        return still
 
     def add_order(self, order: SimOrder) -> None:
+        """Add an order, or replace the stored one with the same id (a journal replay)."""
         self.orders[order.id] = order
         self.by_client_id[order.client_order_id] = order.id
+        if order.status == "open":
+            self._maybe_open[order.id] = order
+        else:
+            self._maybe_open.pop(order.id, None)
+
+    def orders_from(self, first_id: int) -> list[SimOrder]:
+        """Orders with an id of at least `first_id` (ids count up from 1)."""
+        found = (self.orders.get(str(i)) for i in range(first_id, self.next_order))
+        return [o for o in found if o is not None]
+
+    def trades_from(self, first_id: int) -> list[Trade]:
+        found = (self.trades.get(str(i)) for i in range(first_id, self.next_trade))
+        return [t for t in found if t is not None]
 
     def new_order_id(self) -> str:
         self.next_order += 1
@@ -304,13 +325,12 @@ def ledger_delta(
     ledger: Ledger, since_order: int, since_trade: int, was_open: set[str]
 ) -> dict[str, Any]:
     """What changed since the last save: new orders and trades, and every order that was
-    or is open (a closed order never changes again), plus the balances."""
-    changed = [
-        o
-        for o in ledger.orders.values()
-        if o.status == "open" or o.id in was_open or int(o.id) >= since_order
-    ]
-    trades = [t for t in ledger.trades.values() if int(t.id) >= since_trade]
+    or is open (a closed order never changes again), plus the balances. Costs what
+    changed, not what the ledger holds."""
+    ids = {o.id for o in ledger.open_orders()} | was_open
+    ids.update(o.id for o in ledger.orders_from(since_order))
+    changed = [ledger.orders[i] for i in sorted(ids, key=int) if i in ledger.orders]
+    trades = ledger.trades_from(since_trade)
     return {
         "balances": {k: str(v) for k, v in sorted(ledger.balances.items())},
         "next_order": ledger.next_order,

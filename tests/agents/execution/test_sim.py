@@ -483,3 +483,40 @@ async def test_journal_replays_and_compacts_to_the_same_state(
     assert (await again.fetch_order_by_client_id("j19", BTC)) is not None
     with pytest.raises(InvalidOrder):  # the client ids came back too: still no duplicates
         await again.create_order(BTC, "buy", "market", D("0.001"), client_order_id="j3")
+
+
+async def test_resting_orders_closed_between_saves_stay_closed_after_replays(
+    make_sim: SimFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger tracks its open orders without scanning every order ever placed: an
+    order cancelled after its save, across journal replays and a compaction, is gone
+    from the open ones and from what is held, and the others are still open."""
+    from agents.execution.exchange import sim_state
+
+    monkeypatch.setattr(sim_state, "COMPACT_EVERY", 4)
+    sim = make_sim("resting")
+    bid = (await sim.fetch_ticker("SOL/USDT")).bid
+    price = (bid * D("0.8")).quantize(D("0.01"))
+    placed = [
+        await sim.create_order("SOL/USDT", "buy", "limit", D(1), price, client_order_id=f"r{i}")
+        for i in range(6)
+    ]
+    for i in range(3):  # market orders in between: new orders and trades in each save
+        await sim.create_order(BTC, "buy", "market", D("0.001"), client_order_id=f"m{i}")
+    await sim.cancel_order(placed[1].id, "SOL/USDT")
+    trades = await sim.fetch_my_trades()
+    await sim.close()
+
+    again = make_sim("resting")
+    assert [o.id for o in await again.fetch_open_orders()] == [
+        placed[i].id for i in (0, 2, 3, 4, 5)
+    ]
+    await again.cancel_order(placed[4].id, "SOL/USDT")
+    await again.cancel_order(placed[0].id, "SOL/USDT")
+    await again.close()
+
+    third = make_sim("resting")
+    still = [placed[i].id for i in (2, 3, 5)]
+    assert [o.id for o in await third.fetch_open_orders()] == still
+    assert (await third.fetch_balance())["USDT"].used == 3 * price * (1 + FEE)
+    assert await third.fetch_my_trades() == trades and len(trades) >= 3
