@@ -88,10 +88,24 @@ def lock_chain_and_next_id(session: Session) -> tuple[int, datetime]:
     return int(row[1]), row[2]
 
 
-def append_audit_event(session: Session, event: AuditEvent, head: AuditChainHead) -> None:
-    session.add(event)
-    head.last_id = event.id
-    head.last_hash = event.hash
+def lock_chain_and_next_ids(session: Session, count: int) -> tuple[list[int], datetime]:
+    """`lock_chain_and_next_id` for `count` rows: the further ids are drawn with the lock
+    held too, in one more statement."""
+    first, at = lock_chain_and_next_id(session)
+    more: list[int] = []
+    if count > 1:
+        drawn = session.execute(
+            select(AUDIT_ID_SEQUENCE.next_value()).select_from(func.generate_series(1, count - 1))
+        ).scalars()
+        more = sorted(int(i) for i in drawn)
+    return [first, *more], at
+
+
+def append_audit_events(session: Session, events: list[AuditEvent], head: AuditChainHead) -> None:
+    """Insert the rows (one multi-row INSERT) and move the head to the last of them."""
+    session.add_all(events)
+    head.last_id = events[-1].id
+    head.last_hash = events[-1].hash
     session.flush()
 
 

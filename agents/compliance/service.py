@@ -6,6 +6,7 @@ policy change and its audit row (or a decision and its audit row) land together 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
@@ -69,6 +70,15 @@ def _check_fill(data: dict[str, Any]) -> None:
         ) from exc
 
 
+@dataclass(frozen=True)
+class NewEvent:
+    kind: str
+    actor: str
+    data: dict[str, Any]
+    subject: str | None = None
+    on_behalf_of: str | None = None
+
+
 def append(
     session: Session,
     *,
@@ -78,38 +88,50 @@ def append(
     subject: str | None = None,
     on_behalf_of: str | None = None,
 ) -> AuditEvent:
-    """Add one row to the chain. Appends are serialized by a transaction-scoped lock, so
-    each row links to the one committed before it."""
+    """Add one row to the chain."""
     _check_data(data)
-    row_id, at = repo.lock_chain_and_next_id(session)
-    head = repo.chain_head(session)
-    at = at.astimezone(UTC)
-    content = canonical_content(
-        id=row_id,
-        at=at,
-        kind=kind,
-        actor=actor,
-        on_behalf_of=on_behalf_of,
-        subject=subject,
-        data=data,
-    )
-    event = AuditEvent(
-        id=row_id,
-        at=at,
-        kind=kind,
-        actor=actor,
-        on_behalf_of=on_behalf_of,
-        subject=subject,
-        data=data,
-        prev_hash=head.last_hash,
-        hash=link_hash(head.last_hash, content),
-    )
-    repo.append_audit_event(session, event, head)
+    [event] = append_all(session, [NewEvent(kind, actor, data, subject, on_behalf_of)])
     return event
 
 
-def record_event(session: Session, body: AuditEventIn, caller: Caller) -> AuditEventOut:
-    """Store an event posted by another agent or the operator; `actor` is who called."""
+def append_all(session: Session, new: list[NewEvent]) -> list[AuditEvent]:
+    """Add rows to the chain in the given order (their data already checked). Appends are
+    serialized by a transaction-scoped lock, so the first row links to the one committed
+    before it; the rows of one call share the lock, the time and one INSERT."""
+    row_ids, at = repo.lock_chain_and_next_ids(session, len(new))
+    head = repo.chain_head(session)
+    at = at.astimezone(UTC)
+    prev_hash = head.last_hash
+    events = []
+    for row_id, item in zip(row_ids, new, strict=True):
+        content = canonical_content(
+            id=row_id,
+            at=at,
+            kind=item.kind,
+            actor=item.actor,
+            on_behalf_of=item.on_behalf_of,
+            subject=item.subject,
+            data=item.data,
+        )
+        event = AuditEvent(
+            id=row_id,
+            at=at,
+            kind=item.kind,
+            actor=item.actor,
+            on_behalf_of=item.on_behalf_of,
+            subject=item.subject,
+            data=item.data,
+            prev_hash=prev_hash,
+            hash=link_hash(prev_hash, content),
+        )
+        events.append(event)
+        prev_hash = event.hash
+    repo.append_audit_events(session, events, head)
+    return events
+
+
+def _incoming(body: AuditEventIn, caller: Caller) -> NewEvent:
+    """An event posted by another agent or the operator, checked; `actor` is who called."""
     if body.kind in RESERVED_KINDS:
         raise Forbidden(f"kind {body.kind} is written by compliance itself, not posted")
     if len(body.kind) > MAX_KIND:
@@ -118,14 +140,19 @@ def record_event(session: Session, body: AuditEventIn, caller: Caller) -> AuditE
     _check_text("subject", body.subject)
     if body.kind == FILL_KIND:
         _check_fill(body.data)
-    event = append(
-        session,
+    _check_data(body.data)
+    return NewEvent(
         kind=body.kind,
         actor=caller.name,
-        on_behalf_of=body.actor if body.actor != caller.name else None,
-        subject=body.subject,
         data=body.data,
+        subject=body.subject,
+        on_behalf_of=body.actor if body.actor != caller.name else None,
     )
+
+
+def record_event(session: Session, body: AuditEventIn, caller: Caller) -> AuditEventOut:
+    """Store an event posted by another agent or the operator."""
+    [event] = append_all(session, [_incoming(body, caller)])
     return AuditEventOut.model_validate(event, from_attributes=True)
 
 
@@ -133,15 +160,18 @@ def record_events(
     session: Session, bodies: list[AuditEventIn], caller: Caller
 ) -> list[AuditEventOut]:
     """Store several events in one transaction, in order: all of them or none."""
-    stored = []
+    new = []
     for index, body in enumerate(bodies):
         try:
-            stored.append(record_event(session, body, caller))
+            new.append(_incoming(body, caller))
         except RequestValidationError as exc:
             raise RequestValidationError(
                 [{**err, "loc": ("body", index, *err["loc"][1:])} for err in exc.errors()]
             ) from exc
-    return stored
+    return [
+        AuditEventOut.model_validate(event, from_attributes=True)
+        for event in append_all(session, new)
+    ]
 
 
 def list_events(
