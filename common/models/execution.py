@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     String,
     Text,
     UniqueConstraint,
@@ -67,7 +68,11 @@ class Fill(Base):
     """One trade of an order; unique per exchange trade id, so recording is idempotent."""
 
     __tablename__ = "fills"
-    __table_args__ = (UniqueConstraint("exchange", "trade_id"),)
+    __table_args__ = (
+        UniqueConstraint("exchange", "trade_id"),
+        # Today's realized PnL (every order's pre-trade check) from the index alone.
+        Index("ix_fills_filled_at", "filled_at", postgresql_include=["realized_pnl"]),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
