@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Row, distinct, func, select, text
+from sqlalchemy import Row, exists, func, select, text
 from sqlalchemy.orm import Session
 
 from common.models.compliance import (
@@ -16,6 +16,8 @@ from common.models.compliance import (
     AuditChainHead,
     AuditEvent,
     CompliancePolicy,
+    PolicyDayCount,
+    PolicyDayOrder,
     PolicyDecision,
 )
 
@@ -173,15 +175,29 @@ def save_policy(
     session.flush()
 
 
-def approved_today(session: Session, since: datetime, client_order_id: str) -> tuple[int, bool]:
-    """Distinct orders approved since `since`, and whether `client_order_id` is one of them."""
-    count, counted = session.execute(
-        select(
-            func.count(distinct(PolicyDecision.client_order_id)),
-            func.coalesce(func.bool_or(PolicyDecision.client_order_id == client_order_id), False),
-        ).where(PolicyDecision.approved.is_(True), PolicyDecision.at >= since)
-    ).one()
-    return int(count), bool(counted)
+def approved_today(session: Session, day: date, client_order_id: str) -> tuple[int, bool]:
+    """Distinct orders approved on `day`, and whether `client_order_id` is one of them."""
+    count = select(PolicyDayCount.approved).where(PolicyDayCount.day == day).scalar_subquery()
+    counted = exists().where(
+        PolicyDayOrder.day == day, PolicyDayOrder.client_order_id == client_order_id
+    )
+    approved, seen = session.execute(select(func.coalesce(count, 0), counted)).one()
+    return int(approved), bool(seen)
+
+
+COUNT_APPROVAL = text(
+    "WITH first AS ("
+    " INSERT INTO policy_day_orders (day, client_order_id) VALUES (:day, :client_order_id)"
+    " ON CONFLICT DO NOTHING RETURNING day)"
+    " INSERT INTO policy_day_counts (day, approved) SELECT day, 1 FROM first"
+    " ON CONFLICT (day) DO UPDATE SET approved = policy_day_counts.approved + 1"
+)
+
+
+def count_approval(session: Session, day: date, client_order_id: str) -> None:
+    """Count an approved order on `day`, once however often it is approved (one statement;
+    the caller holds the policy lock)."""
+    session.execute(COUNT_APPROVAL, {"day": day, "client_order_id": client_order_id})
 
 
 def add_decision(session: Session, decision: PolicyDecision) -> None:

@@ -282,10 +282,11 @@ def check_policy(session: Session, order: PolicyRequest, caller: Caller) -> Chec
     now = repo.lock_at(session, repo.POLICY_LOCK).astimezone(UTC)
     row = repo.get_policy(session)
     policy = _policy_set(row)
-    midnight = datetime.combine(now.date(), time(0), tzinfo=UTC)
-    count, counted = repo.approved_today(session, midnight, order.client_order_id)
+    count, counted = repo.approved_today(session, now.date(), order.client_order_id)
     checks = rules.evaluate(policy, order, now, rules.OrderCount(count, counted))
     decision = CheckDecision(approved=all(c.passed for c in checks), checks=checks)
+    if decision.approved and not counted:
+        repo.count_approval(session, now.date(), order.client_order_id)
     event = append(
         session,
         kind="policy.checked",

@@ -1,4 +1,4 @@
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -7,6 +7,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Index,
     Integer,
@@ -104,3 +105,23 @@ class PolicyDecision(Base):
     audit_id: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_policy_decisions_approved_at", "approved", "at"),)
+
+
+class PolicyDayOrder(Base):
+    """Each order approved on a (UTC) day, once: what `max_orders_per_day` counts. Written
+    under the policy lock with the decision that approved it."""
+
+    __tablename__ = "policy_day_orders"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    client_order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class PolicyDayCount(Base):
+    """How many rows `policy_day_orders` has per day, kept with them: a policy check reads
+    one row instead of counting the day's approvals."""
+
+    __tablename__ = "policy_day_counts"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    approved: Mapped[int] = mapped_column(Integer)
