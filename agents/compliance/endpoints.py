@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 
 from agents.compliance import service
 from agents.compliance.schemas import (
@@ -14,7 +14,7 @@ from agents.compliance.schemas import (
 )
 from common.auth import CallerDep
 from common.contracts import AuditEventIn, CheckDecision, PolicyRequest
-from common.db import SessionDep
+from common.db import SessionDep, in_transaction
 from common.errors import Problem
 
 router = APIRouter()
@@ -34,9 +34,11 @@ INVALID: dict[int | str, dict[str, Any]] = {
     tags=["audit"],
     responses={**FORBIDDEN, **INVALID},
 )
-def post_audit_event(body: AuditEventIn, caller: CallerDep, session: SessionDep) -> AuditEventOut:
+async def post_audit_event(
+    body: AuditEventIn, caller: CallerDep, request: Request
+) -> AuditEventOut:
     """Append one event to the hash-chained audit log; the actor is the authenticated caller."""
-    return service.record_event(session, body, caller)
+    return await in_transaction(request, service.record_event, body, caller)
 
 
 @router.post(
@@ -46,13 +48,13 @@ def post_audit_event(body: AuditEventIn, caller: CallerDep, session: SessionDep)
     tags=["audit"],
     responses={**FORBIDDEN, **INVALID},
 )
-def post_audit_events(
+async def post_audit_events(
     bodies: Annotated[list[AuditEventIn], Body(min_length=1, max_length=MAX_BATCH)],
     caller: CallerDep,
-    session: SessionDep,
+    request: Request,
 ) -> list[AuditEventOut]:
     """Append several events in order, in one transaction: all of them or none."""
-    return service.record_events(session, bodies, caller)
+    return await in_transaction(request, service.record_events, bodies, caller)
 
 
 @router.get("/audit", response_model=AuditPage, tags=["audit"], responses=INVALID)
@@ -82,9 +84,9 @@ def verify_audit(session: SessionDep) -> ChainVerification:
 
 
 @router.post("/checks/policy", response_model=CheckDecision, tags=["policies"], responses=INVALID)
-def check_policy(body: PolicyRequest, caller: CallerDep, session: SessionDep) -> CheckDecision:
+async def check_policy(body: PolicyRequest, caller: CallerDep, request: Request) -> CheckDecision:
     """Check one order against every policy rule; the decision is recorded and audited."""
-    return service.check_policy(session, body, caller)
+    return await in_transaction(request, service.check_policy, body, caller)
 
 
 @router.get("/policies", response_model=PolicyView, tags=["policies"])

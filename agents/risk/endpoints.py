@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Body, Path, Query
+from fastapi import APIRouter, BackgroundTasks, Body, Path, Query, Request
 
 from agents.risk import kill_switch, service
 from agents.risk.schemas import (
@@ -28,7 +28,7 @@ from agents.risk.schemas import (
 )
 from common.auth import CallerDep
 from common.contracts import CheckDecision, PreTradeRequest, TradingState, TradingStateView
-from common.db import SessionDep
+from common.db import SessionDep, in_transaction
 from common.errors import Problem
 from common.service import KitDep
 
@@ -81,15 +81,15 @@ async def resume(body: ReasonRequest, caller: CallerDep, kit: KitDep) -> StateCh
 
 # --- pre-trade checks ----------------------------------------------------------------------
 @router.post("/checks/pre-trade", tags=["checks"])
-def pre_trade(
+async def pre_trade(
     body: PreTradeRequest,
-    session: SessionDep,
+    request: Request,
     caller: CallerDep,
     kit: KitDep,
     background: BackgroundTasks,
 ) -> CheckDecision:
     """Approve or reject one order; every rule's result is in `checks`."""
-    outcome = service.pre_trade(session, body, caller.name, kit.name)
+    outcome = await in_transaction(request, service.pre_trade, body, caller.name, kit.name)
     if outcome.halted is not None:
         background.add_task(kill_switch.propagate, kit, outcome.halted)
     return outcome.decision

@@ -354,3 +354,29 @@ def test_a_policy_put_must_name_every_field(stack: Stack, set_policy: SetPolicy)
     assert response.status_code == 422
     assert [e["field"] for e in response.json()["errors"]] == ["body.max_orders_per_day"]
     assert call(stack, "GET", "/policies").json() == before
+
+
+def test_more_concurrent_checks_than_threads_are_all_answered(stack: Stack) -> None:
+    """Policy checks queue on one lock. 70 at once (more than the service's worker threads
+    and database connections) must all be answered: a check that owns the lock commits
+    in the thread it already holds, so it never waits for one the queue has taken."""
+    import asyncio
+
+    import httpx
+
+    token = service_token(stack, "execution")
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+            limits=httpx.Limits(max_connections=100),
+        ) as client:
+            url = stack.url("compliance") + "/checks/policy"
+            answers = await asyncio.gather(*(client.post(url, json=order()) for _ in range(70)))
+            return [a.status_code for a in answers]
+
+    started = time.monotonic()
+    codes = asyncio.run(burst())
+    assert codes == [200] * 70, sorted(set(codes))
+    assert time.monotonic() - started < 30
