@@ -6,6 +6,7 @@ it; an agent's own 4xx is passed on with its message; anything else is a 502.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -88,12 +89,50 @@ def _problem_detail(response: httpx.Response) -> str:
 
 
 class Agents:
-    """The fleet as seen from one service: `agents.risk.post("/checks/pre-trade", ...)`."""
+    """The fleet as seen from one service: `agents.risk.post("/checks/pre-trade", ...)`.
 
-    def __init__(self, settings: Settings, http: httpx.AsyncClient, token: str | None) -> None:
+    Given one `http` client, every agent shares it. `Agents.pooled` gives each agent a
+    pool of its own instead, of at most `connections` connections (calls beyond that wait
+    for one): httpcore looks at every idle connection of a pool on every request, so one
+    pool grown to a connection per concurrent call cost execution more CPU under load
+    than anything else it did (bench/README.md, order path).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        http: httpx.AsyncClient | Mapping[str, httpx.AsyncClient],
+        token: str | None,
+    ) -> None:
+        def pool(name: str) -> httpx.AsyncClient:
+            return http if isinstance(http, httpx.AsyncClient) else http[name]
+
         self._clients = {
-            name: AgentClient(name, settings.url_of(name), http, token) for name in SERVICES
+            name: AgentClient(name, settings.url_of(name), pool(name), token) for name in SERVICES
         }
+        self._owned: list[httpx.AsyncClient] = []
+
+    @classmethod
+    def pooled(
+        cls, settings: Settings, *, connections: int, keepalive_s: float, token: str | None = None
+    ) -> Agents:
+        limits = httpx.Limits(
+            max_connections=connections,
+            max_keepalive_connections=connections,
+            keepalive_expiry=keepalive_s,
+        )
+        pools = {
+            name: httpx.AsyncClient(timeout=settings.http_timeout, limits=limits)
+            for name in SERVICES
+        }
+        agents = cls(settings, pools, token)
+        agents._owned = list(pools.values())
+        return agents
+
+    async def aclose(self) -> None:
+        """Close the pools this object made (a shared `http` client is its owner's)."""
+        for pool in self._owned:
+            await pool.aclose()
 
     def __getattr__(self, name: str) -> AgentClient:
         try:

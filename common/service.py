@@ -4,7 +4,7 @@ It gives each service the same skeleton: bearer-token auth on every route but
 the public ones, problem+json errors, request ids, JSON logs, Prometheus
 metrics, `/health` that checks the service's own dependencies, Swagger UI served
 from local files, and a lifespan that opens (and closes) the database engine,
-Vault client, Redis and the shared httpx client.
+Vault client, Redis and the agent clients (a connection pool per agent).
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 # uvicorn keeps an idle connection this long; our clients keep theirs for less.
 SERVER_KEEP_ALIVE_S = 15
 CLIENT_KEEP_ALIVE_S = 5.0
+# Connections from one service to each other agent. The checks behind them run one at a
+# time (risk and compliance serialise on their locks), so more would only queue there.
+AGENT_CONNECTIONS = 16
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/docs", "/openapi.json"})
 DOCS_STATIC = "/docs-static"
@@ -85,7 +88,6 @@ class Kit:
     session_factory: sessionmaker[Session] | None = None
     vault: VaultClient | None = None
     events: EventBus | None = None
-    http: httpx.AsyncClient | None = None
     agents: Agents | None = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     # A service's own readiness checks, reported in /health beside the dependencies.
@@ -201,19 +203,17 @@ def _open(kit: Kit) -> None:
     )
     # A pooled connection must be dropped before the peer's uvicorn closes it (its
     # keep-alive is SERVER_KEEP_ALIVE_S): reusing one it is closing is a ReadError.
-    kit.http = httpx.AsyncClient(
-        timeout=settings.http_timeout,
-        limits=httpx.Limits(keepalive_expiry=CLIENT_KEEP_ALIVE_S),
+    kit.agents = Agents.pooled(
+        settings, connections=AGENT_CONNECTIONS, keepalive_s=CLIENT_KEEP_ALIVE_S
     )
-    kit.agents = Agents(settings, kit.http, token=None)
 
 
 async def _close(kit: Kit) -> None:
     for task in kit.background:
         task.cancel()
     await asyncio.gather(*kit.background, return_exceptions=True)
-    if kit.http is not None:
-        await kit.http.aclose()
+    if kit.agents is not None:
+        await kit.agents.aclose()
     if kit.events is not None:
         await kit.events.close()
     if kit.engine is not None:

@@ -76,6 +76,26 @@ def test_request_id_travels_to_other_agents(stack: Stack) -> None:
     assert lines and all(line["request_id"] == rid for line in lines)
 
 
+def test_pooled_clients_queue_calls_beyond_their_connections(stack: Stack) -> None:
+    """`Agents.pooled` (what every service uses): a pool per agent with at most
+    `connections` connections; more calls at once wait their turn and all succeed."""
+
+    async def burst() -> tuple[list[int], set[int], bool]:
+        agents = Agents.pooled(stack.settings, connections=2, keepalive_s=5, token=stack.token)
+        try:
+            answers = await asyncio.gather(*(agents.risk.get("/info") for _ in range(12)))
+            await agents.compliance.get("/info")
+            pools = {id(agents[name].http) for name in ("risk", "compliance", "execution")}
+            risk_pool = agents.risk.http._transport._pool  # type: ignore[attr-defined]
+            return [a["pid"] for a in answers], pools, len(risk_pool.connections) <= 2
+        finally:
+            await agents.aclose()
+
+    pids, pools, within = asyncio.run(burst())
+    assert len(pids) == 12 and len(set(pids)) == 1
+    assert len(pools) == 3 and within
+
+
 def test_client_names_an_unreachable_agent() -> None:
     settings = Settings(port_base=1, agent_url_template="http://127.0.0.1:9/{name}")
 
