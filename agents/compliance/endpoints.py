@@ -101,9 +101,9 @@ def get_policies(session: SessionDep) -> PolicyView:
     tags=["policies"],
     responses={**FORBIDDEN, **INVALID},
 )
-def put_policies(body: PolicySet, caller: CallerDep, session: SessionDep) -> PolicyView:
+async def put_policies(body: PolicySet, caller: CallerDep, request: Request) -> PolicyView:
     """Replace the policy set (operator only); the change is audited with old and new."""
-    return service.put_policies(session, body, caller)
+    return await in_transaction(request, service.put_policies, body, caller)
 
 
 @router.get(

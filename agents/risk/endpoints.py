@@ -111,9 +111,9 @@ def get_limits(session: SessionDep) -> LimitsView:
 
 
 @router.put("/limits", tags=["limits"], responses=FORBIDDEN)
-def put_limits(body: Limits, session: SessionDep, caller: CallerDep) -> LimitsView:
+async def put_limits(body: Limits, request: Request, caller: CallerDep) -> LimitsView:
     """Change the limits you send; the others keep their values (operator only)."""
-    return service.change_limits(session, body, caller)
+    return await in_transaction(request, service.change_limits, body, caller)
 
 
 @router.post("/position-size", tags=["limits"])
@@ -124,11 +124,11 @@ def position_size(body: Annotated[SizingRequest, Body()], session: SessionDep) -
 
 # --- portfolio -----------------------------------------------------------------------------
 @router.post("/portfolio/snapshots", tags=["portfolio"], status_code=201)
-def post_snapshot(
-    body: SnapshotIn, session: SessionDep, kit: KitDep, background: BackgroundTasks
+async def post_snapshot(
+    body: SnapshotIn, request: Request, kit: KitDep, background: BackgroundTasks
 ) -> SnapshotOut:
     """Record execution's portfolio; a drawdown past the limit HALTs trading."""
-    out, halted = service.record_snapshot(session, body, kit.name)
+    out, halted = await in_transaction(request, service.record_snapshot, body, kit.name)
     if halted is not None:
         background.add_task(kill_switch.propagate, kit, halted)
     return out
@@ -147,9 +147,9 @@ def get_drawdown(session: SessionDep, since: Since = None, until: Until = None) 
 
 
 @router.post("/drawdown/reset", tags=["portfolio"], responses=FORBIDDEN)
-def reset_drawdown(body: PeakResetRequest, session: SessionDep, caller: CallerDep) -> Drawdown:
+async def reset_drawdown(body: PeakResetRequest, request: Request, caller: CallerDep) -> Drawdown:
     """Re-base the drawdown breaker's peak (operator only)."""
-    return service.reset_peak(session, body, caller)
+    return await in_transaction(request, service.reset_peak, body, caller)
 
 
 @router.get("/var", tags=["portfolio"], responses=TOO_FEW)
