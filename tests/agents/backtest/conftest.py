@@ -14,40 +14,23 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from agents.backtest import repository
 from common.quant.bars import TIMEFRAME_MS, Bars
 from common.quant.engine import BacktestResult, EngineConfig, Sizing, run_backtest
 from common.quant.strategies import Context, get_strategy
 from tests.agents.signal.bars import sim_bars
+from tests.client import AgentClient
 from tests.conftest import Stack
 
 _names = itertools.count(1)
 
 
-class Backtest:
+class Backtest(AgentClient):
     """The backtest service over HTTP, plus a look into its tables."""
 
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.url = stack.url("backtest")
-
-    def request(
-        self, method: str, path: str, *, token: str | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        headers = {**self.stack.auth(token), **kwargs.pop("headers", {})}
-        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
-        return self.request("POST", path, json=body, **kwargs)
-
-    def ok(self, response: httpx.Response, status: int = 200) -> Any:
-        assert response.status_code == status, response.text
-        return response.json()
+    service = "backtest"
+    timeout = 60.0
 
     @staticmethod
     def symbol() -> str:
@@ -114,14 +97,6 @@ class Backtest:
         raise AssertionError(f"backtest {run_id} did not get there in {timeout}s: {run}")
 
     # --- tables ---------------------------------------------------------------------------
-    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
-        engine = self.stack.engine()
-        try:
-            with engine.connect() as conn:
-                return [dict(row._mapping) for row in conn.execute(text(sql), params)]
-        finally:
-            engine.dispose()
-
     def candles(self, exchange: str, symbol: str, timeframe: str) -> list[dict[str, Any]]:
         return self.rows(
             "SELECT time, open, high, low, close, volume FROM ohlcv WHERE exchange = :e"

@@ -16,13 +16,12 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
-from sqlalchemy import text
 
 from common.auth import api_token_path
 from common.contracts import TRADING_STATE_CHANNEL
 from common.events import CHANNEL_PREFIX, EventBus
+from tests.client import AgentClient
 from tests.conftest import Stack
 
 EQUITY = Decimal(100000)
@@ -42,32 +41,14 @@ BASELINE_LIMITS: dict[str, Any] = {
 _amounts = itertools.count(1)
 
 
-class Risk:
+class Risk(AgentClient):
     """The risk service over HTTP, plus a look into its tables."""
 
+    service = "risk"
+
     def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.url = stack.url("risk")
+        super().__init__(stack)
         self._service_token: str | None = None
-
-    def request(
-        self, method: str, path: str, *, token: str | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        headers = {**self.stack.auth(token), **kwargs.pop("headers", {})}
-        return httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
-        return self.request("POST", path, json=body, **kwargs)
-
-    def put(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
-        return self.request("PUT", path, json=body, **kwargs)
-
-    def ok(self, response: httpx.Response, status: int = 200) -> Any:
-        assert response.status_code == status, response.text
-        return response.json()
 
     @property
     def service_token(self) -> str:
@@ -129,14 +110,6 @@ class Risk:
         return body
 
     # --- tables ---------------------------------------------------------------------------
-    def rows(self, sql: str, **params: Any) -> list[dict[str, Any]]:
-        engine = self.stack.engine()
-        try:
-            with engine.connect() as conn:
-                return [dict(row._mapping) for row in conn.execute(text(sql), params)]
-        finally:
-            engine.dispose()
-
     def outbox_after(self, last_id: int, kind: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT * FROM risk_audit_outbox WHERE id > :last_id"
         if kind is not None:

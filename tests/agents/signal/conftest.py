@@ -5,9 +5,7 @@ models made the way the agent makes them. Bars come from the backtest agent's
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import insert, text
 
@@ -15,40 +13,15 @@ from agents.signal import artifacts, training
 from common.models.signal import SignalModel
 from common.quant.features import FEATURE_NAMES, feature_matrix, labels, usable_rows
 from tests.agents.signal.bars import sim_bars
+from tests.client import AgentClient
 from tests.conftest import Stack
 
 
-class Signal:
+class Signal(AgentClient):
     """The signal service over HTTP, plus a look into its tables."""
 
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.url = stack.url("signal")
-
-    def request(
-        self, method: str, path: str, *, token: str | None = None, **kwargs: Any
-    ) -> httpx.Response:
-        headers = {**self.stack.auth(token), **kwargs.pop("headers", {})}
-        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
-        return self.request("POST", path, json=body, **kwargs)
-
-    def ok(self, response: httpx.Response, status: int = 200) -> Any:
-        assert response.status_code == status, response.text
-        return response.json()
-
-    def execute(self, sql: Any, params: Any = None) -> list[dict[str, Any]]:
-        engine = self.stack.engine()
-        try:
-            with engine.begin() as conn:
-                result = conn.execute(sql, params) if params is not None else conn.execute(sql)
-                return [dict(row._mapping) for row in result] if result.returns_rows else []
-        finally:
-            engine.dispose()
+    service = "signal"
+    timeout = 60.0
 
     def create_model(
         self, symbol: str, *, timeframe: str = "1h", version: int = 1, tamper: bool = False
