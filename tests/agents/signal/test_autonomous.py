@@ -212,6 +212,48 @@ def test_bad_inputs_name_the_field(stack: Stack, body: dict[str, Any], field: st
     assert not ok(call(stack, "GET", "signal", "/autonomous/status"))["running"]
 
 
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"symbol": "btc-usdt"}, "query.symbol"),
+        ({"outcome": "maybe"}, "query.outcome"),
+        ({"limit": 0}, "query.limit"),
+        ({"limit": 501}, "query.limit"),
+        ({"run_id": "latest"}, "query.run_id"),
+        ({"before_id": "x"}, "query.before_id"),
+    ],
+)
+def test_decision_queries_name_the_field(stack: Stack, params: dict[str, Any], field: str) -> None:
+    response = call(stack, "GET", "signal", "/autonomous/decisions", params=params)
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
+def test_decisions_filter_by_outcome_and_page_newest_first(stack: Stack) -> None:
+    for _ in range(2):
+        ok(call(stack, "POST", "signal", "/autonomous/decide", json={"symbol": SYMBOL}))
+    everything = ok(call(stack, "GET", "signal", "/autonomous/decisions", params={"limit": 500}))
+    ids = [d["id"] for d in everything]
+    assert len(ids) >= 2 and ids == sorted(ids, reverse=True)
+    page = ok(
+        call(
+            stack,
+            "GET",
+            "signal",
+            "/autonomous/decisions",
+            params={"before_id": ids[0], "limit": 1},
+        )
+    )
+    assert [d["id"] for d in page] == [ids[1]]
+    mine = ok(call(stack, "GET", "signal", "/autonomous/decisions", params={"symbol": SYMBOL}))
+    assert mine and {d["symbol"] for d in mine} == {SYMBOL}
+    for outcome in ("ordered", "skipped", "refused", "error"):
+        found = ok(
+            call(stack, "GET", "signal", "/autonomous/decisions", params={"outcome": outcome})
+        )
+        assert {d["outcome"] for d in found} <= {outcome}
+
+
 def test_decide_names_a_bad_symbol_and_every_route_needs_a_token(stack: Stack) -> None:
     response = call(stack, "POST", "signal", "/autonomous/decide", json={"symbol": "DOGE/USDT"})
     assert response.status_code == 422 and "symbol" in response.json()["detail"]
