@@ -26,6 +26,7 @@ import pytest
 from sqlalchemy import Engine, create_engine
 
 from common.settings import SERVICES, Settings
+from tests.agents.execution.fake_binance import BackgroundFake, FakeBinance
 
 # VOLEX_TEST_PORT_OFFSET lets two test sessions run side by side (e.g. in two worktrees).
 PORT_OFFSET = int(os.environ.get("VOLEX_TEST_PORT_OFFSET", "0"))
@@ -66,6 +67,7 @@ class Stack:
     home: Path
     env: dict[str, str]
     settings: Settings = field(init=False)
+    binance: FakeBinance | None = None  # the fake Binance the fleet's execution talks to
     _token: str | None = None
 
     def __post_init__(self) -> None:
@@ -159,10 +161,18 @@ def stack() -> Iterator[Stack]:
     # starts, which would lock PostgreSQL's account out of its data directory mid-run.
     base = Path(tempfile.mkdtemp(prefix="volex-test-"))
     home = base / "home"
-    fleet = Stack(home=home, env=clean_env({"VOLEX_HOME": str(home)}))
+    # Binance is the one remote exchange we cannot reach: the fleet talks to a fake of its
+    # REST API instead (paper trading on its prices, tests/agents/execution).
+    binance = BackgroundFake()
+    hosts = json.dumps({"binance": binance.server.url})
+    fleet = Stack(
+        home=home, env=clean_env({"VOLEX_HOME": str(home), "VOLEX_EXCHANGE_API_HOSTS": hosts})
+    )
+    fleet.binance = binance.server
     try:
         fleet.volex("up")
         yield fleet
     finally:
         fleet.volex("down", check=False)
+        binance.stop()
         shutil.rmtree(base, ignore_errors=True)

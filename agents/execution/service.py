@@ -66,6 +66,13 @@ def status_of(ex: ExchangeOrder) -> str:
     return {"closed": "filled", "canceled": "cancelled"}.get(ex.status, ex.status)
 
 
+def status_kind(status: str) -> str:
+    """The audit kind of an order reaching `status`. `order.filled` is taken: it is one
+    fill (a trade, compliance checks it as a FillEvent and reports read it), so an order
+    filled in full is `order.completed`."""
+    return "order.completed" if status == "filled" else f"order.{status}"
+
+
 def audit(session: Session, kind: str, actor: str, subject: str, **data: Any) -> None:
     outbox.record(
         session, SERVICE, AuditEventIn(kind=kind, actor=actor, subject=subject, data=data)
@@ -131,7 +138,7 @@ class OrderService:
             if order.status in repo.FINAL:
                 return order
             order.status, order.reason = status, reason
-            audit(session, f"order.{status}", actor, order.client_order_id, reason=reason)
+            audit(session, status_kind(status), actor, order.client_order_id, reason=reason)
             return order
 
     # --- placing ------------------------------------------------------------------------
@@ -347,7 +354,7 @@ class OrderService:
             if status != order.status:
                 audit(
                     session,
-                    f"order.{status}",
+                    status_kind(status),
                     SERVICE,
                     order.client_order_id,
                     filled=str(ex.filled),

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,12 +103,14 @@ class FakeBinance:
         return 200, {"timezone": "UTC", "serverTime": NOW, "rateLimits": [], "symbols": [SYMBOL]}
 
     def ticker(self, params: dict[str, str]) -> tuple[int, Any]:
+        now = int(time.time() * 1000)
         return 200, {
             "symbol": "BTCUSDT", "lastPrice": self.last, "bidPrice": self.bids[0][0],
             "bidQty": self.bids[0][1], "askPrice": self.asks[0][0], "askQty": self.asks[0][1],
             "openPrice": "41000",
             "highPrice": "43000", "lowPrice": "40000", "volume": "100",
-            "quoteVolume": "4200000", "openTime": NOW - 86_400_000, "closeTime": NOW,
+            # Fresh, as a live exchange's: risk refuses orders priced off a stale ticker.
+            "quoteVolume": "4200000", "openTime": now - 86_400_000, "closeTime": now,
         }  # fmt: skip
 
     def depth(self, params: dict[str, str]) -> tuple[int, Any]:
@@ -196,3 +200,21 @@ ROUTES = {
     ("GET", "/api/v3/openOrders"): FakeBinance.open_orders,
     ("GET", "/api/v3/myTrades"): FakeBinance.my_trades,
 }
+
+
+class BackgroundFake:
+    """A FakeBinance on an event loop of its own thread, for a whole test session: the
+    fleet is started pointing `binance` at it (VOLEX_EXCHANGE_API_HOSTS). Tests move its
+    book and read its requests from their own thread."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = FakeBinance()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

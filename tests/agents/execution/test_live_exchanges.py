@@ -3,13 +3,15 @@ fail closed when Vault is gone (the exchange is a fake Binance on 127.0.0.1)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 
+from agents.compliance.schemas import PolicySet
 from agents.execution.exchanges import ExchangeRegistry
 from agents.execution.settings import ExecutionSettings
 from common.errors import NotFound, ServiceUnavailable, Unprocessable
@@ -55,23 +57,77 @@ async def test_a_real_exchange_trades_on_paper_while_live_trading_is_off(
         await registry.close()
 
 
-def test_the_order_endpoint_takes_a_real_exchange_to_paper_while_live_is_off(
-    stack: Stack,
-) -> None:
-    """No keys, no live switch: the paper account opens. Without a route to the real
-    Binance (the test machine) the order is refused because its public data cannot be
-    read (503); with one it fills on paper."""
-    response = httpx.post(
-        stack.url("execution") + "/orders",
+def _call(stack: Stack, method: str, service: str, path: str, **kwargs: object) -> httpx.Response:
+    return httpx.request(
+        method,
+        stack.url(service) + path,
         headers=stack.auth(),
         timeout=60,
-        json={"exchange": "binance", "symbol": "BTC/USDT", "side": "buy", "amount": "0.001"},
+        **kwargs,  # type: ignore[arg-type]
     )
-    assert response.status_code in (201, 503), response.text
-    if response.status_code == 503:
-        assert "api.binance.com" in response.json()["detail"]
-    exchanges = {e["id"]: e["mode"] for e in stack.get("execution", "/exchanges").json()}
+
+
+@pytest.fixture
+def binance_allowed(stack: Stack) -> Iterator[None]:
+    """Compliance allows only `sim` by default: allow Binance too for one test."""
+    saved = _call(stack, "GET", "compliance", "/policies").json()
+    policy = {k: saved[k] for k in PolicySet.model_fields}
+    allowed = {**policy, "allowed_exchanges": [*policy["allowed_exchanges"], "binance"]}
+    assert _call(stack, "PUT", "compliance", "/policies", json=allowed).status_code == 200
+    yield
+    assert _call(stack, "PUT", "compliance", "/policies", json=policy).status_code == 200
+
+
+@pytest.mark.usefixtures("binance_allowed")
+def test_a_real_exchange_trades_on_paper_through_the_guarded_path(stack: Stack) -> None:
+    """Live trading off, no keys: an order on `binance` goes through risk and compliance
+    like any other and fills on paper at the (fake) exchange's own book, with its taker
+    fee; the account, the position and the audit trail follow; nothing but public market
+    data is asked of the exchange."""
+    fake = stack.binance
+    assert fake is not None, "the session fleet talks to a fake Binance"
+    fake.bids, fake.asks, fake.last = [["42000.00", "1.5"]], [["42000.20", "2"]], "42000.10"
+    # Risk's own tests leave a 100,000 equity peak; this paper account starts at 10,000.
+    for path, body in (("/drawdown/reset", {"reason": "paper test", "equity": "1"}),
+                       ("/resume", {"reason": "paper test"})):  # fmt: skip
+        assert _call(stack, "POST", "risk", path, json=body).status_code == 200
+    cid = f"paper-{uuid.uuid4().hex[:12]}"
+    order = {"exchange": "binance", "symbol": "BTC/USDT", "side": "buy", "type": "market",
+             "amount": "0.001", "client_order_id": cid}  # fmt: skip
+    first = _call(stack, "POST", "execution", "/orders", json=order)
+    assert first.status_code == 201, first.text
+    placed = first.json()
+    assert placed["status"] == "filled" and Decimal(placed["average_price"]) == Decimal("42000.20")
+    assert Decimal(placed["fee"]) == Decimal("0.0420002")  # Binance's taker fee, 0.1 %
+    again = _call(stack, "POST", "execution", "/orders", json=order)
+    assert again.status_code == 200 and again.json()["id"] == placed["id"]
+
+    exchanges = {e["id"]: e["mode"] for e in _call(stack, "GET", "execution", "/exchanges").json()}
     assert exchanges["binance"] == "paper"
+    balance = _call(stack, "GET", "execution", "/balance/binance").json()["balances"]
+    assert Decimal(balance["BTC"]["total"]) >= Decimal("0.001")
+    [position] = [
+        p
+        for p in _call(stack, "GET", "execution", "/positions/binance").json()
+        if p["symbol"] == "BTC/USDT"
+    ]
+    assert Decimal(position["amount"]) >= Decimal("0.001")
+    checks = _call(stack, "GET", "risk", f"/checks/{cid}").json()
+    assert checks[0]["approved"] is True
+
+    def audited() -> set[str] | None:
+        page = _call(stack, "GET", "compliance", "/audit", params={"subject": cid}).json()
+        kinds = {e["kind"] for e in page["items"]}
+        wanted = {"order.requested", "risk.checked", "policy.checked", "order.filled",
+                  "order.completed"}  # fmt: skip
+        return kinds if wanted <= kinds else None
+
+    stack.wait_for(audited, timeout=30, what="the paper order's audit trail")
+    public = {"/api/v3/exchangeInfo", "/api/v3/depth", "/api/v3/ticker/24hr", "/api/v3/klines"}
+    assert {path for _, path, _ in fake.requests} <= public  # no keys, no private calls
+
+    close = {**order, "side": "sell", "reduce_only": True, "client_order_id": f"{cid}-close"}
+    assert _call(stack, "POST", "execution", "/orders", json=close).status_code == 201
 
 
 @pytest.mark.anyio

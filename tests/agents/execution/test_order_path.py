@@ -69,7 +69,8 @@ def _active(stack: Stack) -> None:
 
 def test_market_buy_fills_and_opens_a_position(stack: Stack) -> None:
     before = stack.get("execution", "/balance/sim").json()["balances"]["USDT"]["total"]
-    response = order(stack, amount="0.01", client_order_id=_cid())
+    cid = _cid()
+    response = order(stack, amount="0.01", client_order_id=cid)
     assert response.status_code == 201, response.text
     placed = response.json()
     assert placed["status"] == "filled" and Decimal(placed["filled"]) == Decimal("0.01")
@@ -80,6 +81,18 @@ def test_market_buy_fills_and_opens_a_position(stack: Stack) -> None:
     assert abs(spent - cost) < Decimal("0.0001")
     positions = {p["symbol"]: p for p in stack.get("execution", "/positions/sim").json()}
     assert Decimal(positions["BTC/USDT"]["amount"]) >= Decimal("0.01")
+
+    # The audit trail reaches compliance: the request, both checks, the fill (a FillEvent)
+    # and the order's completion, each of its own kind.
+    def audited() -> list[str] | None:
+        page = stack.get("compliance", f"/audit?subject={cid}&order=asc").json()
+        kinds = [e["kind"] for e in page["items"]]
+        wanted = {"order.requested", "risk.checked", "policy.checked"}
+        done = wanted | {"order.filled", "order.completed"}
+        return kinds if done <= set(kinds) else None
+
+    kinds = stack.wait_for(audited, timeout=30, what="the order's audit trail at compliance")
+    assert kinds.count("order.completed") == 1
 
 
 def test_twenty_concurrent_requests_with_one_client_id_make_one_order(stack: Stack) -> None:
