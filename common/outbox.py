@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.clients import Agents
@@ -17,6 +18,8 @@ from common.models.outbox import OutboxEvent
 log = logging.getLogger(__name__)
 BATCH = 200
 GATHER_S = 0.2
+REFUSED = frozenset({400, 409, 422})  # compliance found the event invalid: not an outage
+REFUSED_RETRY_S = 300.0
 
 
 def record(session: Session, service: str, event: AuditEventIn) -> None:
@@ -34,8 +37,11 @@ class OutboxRelay:
         self.wake = asyncio.Event()
 
     async def deliver_once(self) -> int:
-        """Deliver what is queued, oldest first, as one batch (one call, one transaction
-        at compliance); on failure nothing is removed, so order is kept and retried."""
+        """Deliver what is queued and due, oldest first, as one batch (one call, one
+        transaction at compliance); on failure nothing is removed, so order is kept and
+        retried. If compliance refuses the batch as invalid, the events go one at a time
+        and only the refused one is set aside (for REFUSED_RETRY_S), so it cannot hold
+        back the rest of the trail."""
         rows = await asyncio.to_thread(self._pending)
         if not rows:
             return 0
@@ -44,10 +50,33 @@ class OutboxRelay:
                 "/audit/events/batch", json=[payload for _, payload in rows]
             )
         except VolexError as exc:
-            await asyncio.to_thread(self._failed, rows[0][0], exc.message)
+            if exc.status_code in REFUSED:
+                return await self._one_by_one(rows)
+            await asyncio.to_thread(self._failed, rows[0][0], exc.message, 0.0)
             return 0
         await asyncio.to_thread(self._done, [row_id for row_id, _ in rows])
         return len(rows)
+
+    async def _one_by_one(self, rows: list[tuple[int, dict[str, object]]]) -> int:
+        delivered = 0
+        for row_id, payload in rows:
+            try:
+                await self.agents.compliance.post("/audit/events", json=payload)
+            except VolexError as exc:
+                refused = exc.status_code in REFUSED
+                await asyncio.to_thread(
+                    self._failed, row_id, exc.message, REFUSED_RETRY_S if refused else 0.0
+                )
+                if not refused:
+                    break
+                log.error(
+                    "compliance refused an audit event; set aside",
+                    extra={"event": row_id, "reason": exc.message[:300]},
+                )
+                continue
+            await asyncio.to_thread(self._done, [row_id])
+            delivered += 1
+        return delivered
 
     async def run(self, interval: float = 1.0) -> None:
         while True:
@@ -65,7 +94,9 @@ class OutboxRelay:
         with self.sessions() as session:
             rows = session.execute(
                 select(OutboxEvent.id, OutboxEvent.payload)
-                .where(OutboxEvent.service == self.service)
+                .where(
+                    OutboxEvent.service == self.service, OutboxEvent.next_attempt_at <= func.now()
+                )
                 .order_by(OutboxEvent.id)
                 .limit(BATCH)
             ).all()
@@ -75,10 +106,14 @@ class OutboxRelay:
         with self.sessions.begin() as session:
             session.execute(delete(OutboxEvent).where(OutboxEvent.id.in_(row_ids)))
 
-    def _failed(self, row_id: int, error: str) -> None:
+    def _failed(self, row_id: int, error: str, retry_after_s: float) -> None:
         with self.sessions.begin() as session:
             session.execute(
                 update(OutboxEvent)
                 .where(OutboxEvent.id == row_id)
-                .values(attempts=OutboxEvent.attempts + 1, last_error=error[:500])
+                .values(
+                    attempts=OutboxEvent.attempts + 1,
+                    last_error=error[:500],
+                    next_attempt_at=func.now() + timedelta(seconds=retry_after_s),
+                )
             )

@@ -350,3 +350,47 @@ def test_executions_own_gate_stops_an_order_risk_approved(stack: Stack) -> None:
             timeout=30,
         )
     assert order(stack, amount="0.001", client_order_id=_cid("gate")).status_code == 201
+
+
+def test_an_audit_event_compliance_refuses_does_not_hold_back_the_trail(stack: Stack) -> None:
+    """Execution's outbox delivers in order. An event compliance refuses (here a fill
+    without a fill's fields) is set aside with the reason, and the events queued behind
+    it still reach compliance."""
+    import json
+
+    tag = _cid("aside")
+    bad = {"kind": "order.filled", "actor": "execution", "subject": f"{tag}-bad", "data": {}}
+    good = {"kind": "order.note", "actor": "execution", "subject": f"{tag}-good", "data": {}}
+    with stack.engine().begin() as conn:
+        for payload in (bad, good):
+            conn.execute(
+                text(
+                    "INSERT INTO event_outbox (service, payload, attempts)"
+                    " VALUES ('execution', CAST(:p AS jsonb), 0)"
+                ),
+                {"p": json.dumps(payload)},
+            )
+    try:
+
+        def arrived() -> bool:
+            page = stack.get("compliance", f"/audit?subject={tag}-good").json()
+            return bool(page["items"])
+
+        stack.wait_for(arrived, timeout=30, what="the event queued behind the refused one")
+        with stack.engine().connect() as conn:
+            [row] = conn.execute(
+                text(
+                    "SELECT attempts, last_error, next_attempt_at > now() AS later"
+                    " FROM event_outbox WHERE payload->>'subject' = :s"
+                ),
+                {"s": f"{tag}-bad"},
+            ).all()
+        assert row.attempts >= 1 and "fill_id" in row.last_error and row.later
+        refused = stack.get("compliance", f"/audit?subject={tag}-bad").json()["items"]
+        assert refused == []
+    finally:
+        with stack.engine().begin() as conn:  # it would be retried (and refused) for ever
+            conn.execute(
+                text("DELETE FROM event_outbox WHERE payload->>'subject' LIKE :t"),
+                {"t": f"{tag}%"},
+            )
