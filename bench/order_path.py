@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -167,6 +167,7 @@ def main() -> None:
             ).one()
         sent = args.orders + args.concurrent_orders
         ok = sum(1 for c in codes if c == 201) + args.orders
+        trail = audit_trail(engine, f"b-{run}-%")
 
         trivial = subprocess.Popen(
             [
@@ -212,6 +213,36 @@ def main() -> None:
         f"orders sent {sent}, answered 201: {ok}, rows {rows[0]}, distinct client ids "
         f"{rows[1]}, filled {rows[2]}; lost {sent - rows[1]}, duplicated {rows[0] - rows[1]}"
     )
+    print(
+        f"audit trail: {trail[0]} orders with an order.completed event at compliance "
+        f"(of {rows[2]} filled), {trail[1]} events still queued at the end"
+    )
+
+
+def audit_trail(engine: Engine, pattern: str, wait_s: float = 60) -> tuple[int, int]:
+    """Wait (up to `wait_s`) for the outboxes to drain; then how many of the run's orders
+    compliance has an `order.completed` event for, and how many events are still queued."""
+    deadline = time.monotonic() + wait_s
+    with engine.connect() as conn:
+        while True:
+            queued = conn.execute(
+                text(
+                    "SELECT (SELECT count(*) FROM event_outbox)"
+                    " + (SELECT count(*) FROM risk_audit_outbox WHERE delivered_at IS NULL)"
+                )
+            ).scalar_one()
+            conn.commit()
+            if queued == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        completed = conn.execute(
+            text(
+                "SELECT count(DISTINCT subject) FROM audit_events"
+                " WHERE kind = 'order.completed' AND subject LIKE :p"
+            ),
+            {"p": pattern},
+        ).scalar_one()
+    return int(completed), int(queued)
 
 
 if __name__ == "__main__":
