@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class JobRunner:
+class JobRunner(ABC):
     """Runs `run(id)` as a task per id. Subclasses say what a job is (`run`) and which
     ones a stopped process left unfinished (`unfinished`)."""
 
@@ -28,11 +29,13 @@ class JobRunner:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.slots = asyncio.Semaphore(slots)
 
+    @abstractmethod
     def unfinished(self, session: Session) -> Sequence[str]:
-        raise NotImplementedError
+        """The ids of jobs a stopped process left unfinished."""
 
+    @abstractmethod
     async def run(self, job_id: str) -> None:
-        raise NotImplementedError
+        """Do one job."""
 
     async def db(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn(session, *args)` in a thread, in one transaction."""

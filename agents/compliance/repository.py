@@ -76,10 +76,11 @@ def chain_head(session: Session) -> AuditChainHead:
     return head
 
 
-def lock_chain_and_next_id(session: Session) -> tuple[int, datetime]:
-    """Take the chain lock, then the next id and the time, in one round trip. The id is
-    drawn after the lock is held, so ids follow the chain's order. (The chain head must be
-    read by a later statement: this one's snapshot predates the lock.)"""
+def lock_chain_and_next_ids(session: Session, count: int) -> tuple[list[int], datetime]:
+    """Take the chain lock, then `count` ids and the time. The ids are drawn after the
+    lock is held, so they follow the chain's order; the first with the lock and the clock
+    in one round trip, any others in one more. (The chain head must be read by a later
+    statement: these statements' snapshots predate the lock.)"""
     row = session.execute(
         select(
             func.pg_advisory_xact_lock(AUDIT_CHAIN_LOCK),
@@ -87,13 +88,7 @@ def lock_chain_and_next_id(session: Session) -> tuple[int, datetime]:
             func.clock_timestamp(),
         )
     ).one()
-    return int(row[1]), row[2]
-
-
-def lock_chain_and_next_ids(session: Session, count: int) -> tuple[list[int], datetime]:
-    """`lock_chain_and_next_id` for `count` rows: the further ids are drawn with the lock
-    held too, in one more statement."""
-    first, at = lock_chain_and_next_id(session)
+    first, at = int(row[1]), row[2]
     more: list[int] = []
     if count > 1:
         drawn = session.execute(

@@ -104,28 +104,18 @@ def append_all(session: Session, new: list[NewEvent]) -> list[AuditEvent]:
     prev_hash = head.last_hash
     events = []
     for row_id, item in zip(row_ids, new, strict=True):
-        content = canonical_content(
-            id=row_id,
-            at=at,
-            kind=item.kind,
-            actor=item.actor,
-            on_behalf_of=item.on_behalf_of,
-            subject=item.subject,
-            data=item.data,
-        )
-        event = AuditEvent(
-            id=row_id,
-            at=at,
-            kind=item.kind,
-            actor=item.actor,
-            on_behalf_of=item.on_behalf_of,
-            subject=item.subject,
-            data=item.data,
-            prev_hash=prev_hash,
-            hash=link_hash(prev_hash, content),
-        )
-        events.append(event)
-        prev_hash = event.hash
+        fields: dict[str, Any] = {
+            "id": row_id,
+            "at": at,
+            "kind": item.kind,
+            "actor": item.actor,
+            "on_behalf_of": item.on_behalf_of,
+            "subject": item.subject,
+            "data": item.data,
+        }
+        row_hash = link_hash(prev_hash, canonical_content(**fields))
+        events.append(AuditEvent(**fields, prev_hash=prev_hash, hash=row_hash))
+        prev_hash = row_hash
     repo.append_audit_events(session, events, head)
     return events
 

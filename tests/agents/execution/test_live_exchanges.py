@@ -63,7 +63,7 @@ def _call(stack: Stack, method: str, service: str, path: str, **kwargs: object) 
         stack.url(service) + path,
         headers=stack.auth(),
         timeout=60,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
