@@ -136,6 +136,9 @@ class ExchangeAdapter(ABC):
     raises only the errors in `agents.execution.exchange.errors`."""
 
     id: str = "exchange"
+    # Whether `create_oco` places a one-cancels-the-other stop_loss/take_profit pair on
+    # the exchange itself (execution then leaves attached brackets to the exchange).
+    supports_oco: bool = False
 
     @abstractmethod
     async def load_markets(self) -> dict[str, Market]: ...
@@ -169,6 +172,22 @@ class ExchangeAdapter(ABC):
     ) -> ExchangeOrder:
         """Place an order. Never retry this on `ExchangeTimeout`/`NetworkError`:
         look the order up with `fetch_order_by_client_id` instead."""
+
+    async def create_oco(
+        self,
+        symbol: str,
+        side: OrderSide | str,
+        amount: Decimal,
+        stop_loss: Decimal,
+        take_profit: Decimal,
+        *,
+        client_order_ids: tuple[str, str],
+    ) -> tuple[ExchangeOrder, ExchangeOrder]:
+        """Place a stop_loss (trigger `stop_loss`) and a take_profit (trigger
+        `take_profit`) for `amount`, both executing at market, linked so that the first
+        to trigger, or cancelling either, cancels the other. Returns (stop, target).
+        Optional (`supports_oco`); like `create_order`, never retried on a timeout."""
+        raise BadRequest(f"{self.id} does not take one-cancels-the-other pairs", exchange=self.id)
 
     @abstractmethod
     async def fetch_order(self, order_id: str, symbol: str) -> ExchangeOrder: ...

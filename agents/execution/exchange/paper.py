@@ -116,6 +116,8 @@ class PaperExchange(ExchangeAdapter):
     `state_dir` (created with `starting_balances`, durable before a changing call returns;
     one process owns it). `fees` are used where the exchange reports none."""
 
+    supports_oco = True  # pairs live in the simulated account, like every paper order
+
     def __init__(
         self,
         exchange_id: str,
@@ -195,6 +197,43 @@ class PaperExchange(ExchangeAdapter):
                 exc.exchange = self.id
             raise
 
+    async def create_oco(
+        self,
+        symbol: str,
+        side: OrderSide | str,
+        amount: Decimal,
+        stop_loss: Decimal,
+        take_profit: Decimal,
+        *,
+        client_order_ids: tuple[str, str],
+    ) -> tuple[ExchangeOrder, ExchangeOrder]:
+        self._check_open()
+        market = await self._market(symbol)
+        try:
+            stop, target = (
+                parse_request(market, side, kind, amount, None, trigger, cid)
+                for kind, trigger, cid in zip(
+                    (OrderType.stop_loss, OrderType.take_profit),
+                    (stop_loss, take_profit),
+                    client_order_ids,
+                    strict=True,
+                )
+            )
+            for cid in client_order_ids:
+                self._check_duplicate(cid)
+            book = await self._book_for(market, stop)
+            async with self._lock:
+                for cid in client_order_ids:
+                    self._check_duplicate(cid)
+                engine = PaperEngine(self._ledger, market, self.fees(market), book)
+                legs = engine.place_pair(stop, target, self.now_ms())
+                await self._save()
+                return self._view(legs[0]), self._view(legs[1])
+        except ExchangeError as exc:
+            if exc.exchange in (None, "sim"):
+                exc.exchange = self.id
+            raise
+
     async def cancel_order(self, order_id: str, symbol: str) -> ExchangeOrder:
         self._check_open()
         async with self._lock:
@@ -206,7 +245,7 @@ class PaperExchange(ExchangeAdapter):
                     exchange=self.id,
                     order_status=order.status,
                 )
-            order.status, order.reserved = "canceled", Decimal(0)
+            self._ledger.cancel(order)  # and the other leg of its pair, if any
             await self._save()
             return self._view(order)
 

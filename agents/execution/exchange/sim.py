@@ -70,6 +70,7 @@ OPERATIONS = (
     "fetch_ohlcv",
     "fetch_balance",
     "create_order",
+    "create_oco",
     "fetch_order",
     "fetch_order_by_client_id",
     "fetch_open_orders",
@@ -142,6 +143,7 @@ class SimExchange(ExchangeAdapter):
     """
 
     id = "sim"
+    supports_oco = True
 
     def __init__(
         self,
@@ -295,17 +297,39 @@ class SimExchange(ExchangeAdapter):
         request = parse_request(spec, side, type, amount, price, stop_price, client_order_id)
         async with self._lock:
             now = await self._sync_locked()
-            existing = self._ledger.by_client_id.get(client_order_id)
-            if existing is not None:
-                raise DuplicateOrder(
-                    f"client_order_id {client_order_id!r} is already used by order {existing}; "
-                    "no new order was created",
-                    existing_order_id=existing,
-                    exchange="sim",
-                )
+            self._check_unused(client_order_id)
             order = self._engine.place(request, now)
             await self._save()
             return self._view(order)
+
+    @_boundary
+    async def create_oco(
+        self,
+        symbol: str,
+        side: OrderSide | str,
+        amount: Decimal,
+        stop_loss: Decimal,
+        take_profit: Decimal,
+        *,
+        client_order_ids: tuple[str, str],
+    ) -> tuple[ExchangeOrder, ExchangeOrder]:
+        spec = self._spec(symbol)
+        stop, target = (
+            parse_request(spec, side, kind, amount, None, trigger, cid)
+            for kind, trigger, cid in zip(
+                (OrderType.stop_loss, OrderType.take_profit),
+                (stop_loss, take_profit),
+                client_order_ids,
+                strict=True,
+            )
+        )
+        async with self._lock:
+            now = await self._sync_locked()
+            for cid in client_order_ids:
+                self._check_unused(cid)
+            legs = self._engine.place_pair(stop, target, now)
+            await self._save()
+            return self._view(legs[0]), self._view(legs[1])
 
     @_boundary
     async def cancel_order(self, order_id: str, symbol: str) -> ExchangeOrder:
@@ -388,6 +412,16 @@ class SimExchange(ExchangeAdapter):
                 f"unknown symbol {symbol!r}; sim lists {', '.join(self._specs)}", exchange="sim"
             )
         return spec
+
+    def _check_unused(self, client_order_id: str) -> None:
+        existing = self._ledger.by_client_id.get(client_order_id)
+        if existing is not None:
+            raise DuplicateOrder(
+                f"client_order_id {client_order_id!r} is already used by order {existing}; "
+                "no new order was created",
+                existing_order_id=existing,
+                exchange="sim",
+            )
 
     def _find(self, order_id: str, symbol: str) -> SimOrder:
         order = self._ledger.orders.get(order_id)

@@ -24,6 +24,7 @@ from agents.execution.exchange.sim_rules import (
     Listing,
     OrderRequest,
     check_against_market,
+    check_pair,
     reservation,
     watched_level,
 )
@@ -69,9 +70,29 @@ class Engine:
             order.reserved = reservation(order, self.fees)
         return order
 
+    def place_pair(
+        self, stop: OrderRequest, target: OrderRequest, now: int
+    ) -> tuple[SimOrder, SimOrder]:
+        """Accept a one-cancels-the-other pair (`check_pair`): a stop_loss and a
+        take_profit for the same amount on the same side. Both wait; the first to trigger
+        cancels the other, and so does cancelling either. The pair holds one reservation,
+        the larger leg's, on its stop."""
+        spec = self.specs[stop.symbol]
+        book = self.book(stop.symbol, now)
+        check_pair(stop, target)
+        for request in (stop, target):
+            check_against_market(spec, request, book)
+        legs = self._new_order(spec, stop, now), self._new_order(spec, target, now)
+        need = max(reservation(leg, self.fees) for leg in legs)
+        self._require_free(spec, legs[0], need)
+        legs[0].linked, legs[1].linked = legs[1].id, legs[0].id
+        for leg in legs:
+            self.ledger.add_order(leg)
+        legs[0].reserved = need
+        return legs
+
     def cancel(self, order: SimOrder) -> None:
-        order.status = "canceled"
-        order.reserved = Decimal(0)
+        self.ledger.cancel(order)
 
     def _new_order(self, spec: Listing, request: OrderRequest, now: int) -> SimOrder:
         buy = request.side == OrderSide.buy
@@ -95,6 +116,9 @@ class Engine:
             need = sum((f.amount * f.price for f in fills), Decimal(0)) * (1 + self.fees.taker)
         else:
             need = reservation(order, self.fees)
+        self._require_free(spec, order, need)
+
+    def _require_free(self, spec: Listing, order: SimOrder, need: Decimal) -> None:
         free = self.ledger.free(order.reserve_asset)
         if need > free:
             raise InsufficientFunds(
@@ -128,6 +152,8 @@ class Engine:
             order.reason = f"{why}; {order.remaining} of {order.amount} not filled"
 
     def _trigger(self, order: SimOrder, t_ms: int) -> None:
+        # First the other leg of a pair: what it held is then free for this one to spend.
+        self.ledger.cancel_partner(order, f"the other leg of its pair (order {order.id}) triggered")
         order.triggered = True
         book = self.book(order.symbol, t_ms)
         if order.price is not None:
@@ -158,8 +184,12 @@ class Engine:
         while heap:
             t_ms, _, order_id = heapq.heappop(heap)
             order = self.ledger.orders[order_id]
+            if order.status != "open":
+                continue  # the other leg of its pair triggered first
             if order.is_stop and not order.triggered:
                 self._trigger(order, t_ms)
+                if order.linked:
+                    changed[order.linked] = self.ledger.orders[order.linked]
             else:
                 self._maker_fill(order, t_ms)
             changed[order.id] = order

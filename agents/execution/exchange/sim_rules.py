@@ -120,6 +120,26 @@ def check_against_market(spec: Listing, request: OrderRequest, book: Quote) -> N
             )
 
 
+def check_pair(stop: OrderRequest, target: OrderRequest) -> None:
+    """A one-cancels-the-other pair closes one position: a stop_loss and a take_profit
+    for the same symbol, side and amount, each with its own client order id."""
+    if (stop.type, target.type) != (OrderType.stop_loss, OrderType.take_profit):
+        raise InvalidOrder(
+            "a pair is a stop_loss and a take_profit, in that order; got "
+            f"{stop.type.value} and {target.type.value}",
+            exchange="sim",
+        )
+    if (stop.symbol, stop.side, stop.amount) != (target.symbol, target.side, target.amount):
+        raise InvalidOrder(
+            "both legs of a pair must have the same symbol, side and amount; got "
+            f"{stop.side.value} {stop.amount} {stop.symbol} and "
+            f"{target.side.value} {target.amount} {target.symbol}",
+            exchange="sim",
+        )
+    if stop.client_order_id == target.client_order_id:
+        raise InvalidOrder("each leg of a pair needs its own client_order_id", exchange="sim")
+
+
 def trigger_below(type_: OrderType, side: OrderSide) -> bool:
     """True when the stop fires as the price falls to it, False when it rises to it."""
     if type_ == OrderType.stop_loss:

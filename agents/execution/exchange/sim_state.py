@@ -59,6 +59,9 @@ class SimOrder:
     trade_ids: list[str] = field(default_factory=list)
     last_trade_timestamp: int | None = None
     reason: str | None = None
+    # The other leg of a one-cancels-the-other pair: when either triggers or is cancelled,
+    # the other is cancelled. The pair holds one reservation, on the first leg.
+    linked: str | None = None
 
     @property
     def remaining(self) -> Decimal:
@@ -119,6 +122,7 @@ class SimOrder:
             "trade_ids": list(self.trade_ids),
             "last_trade_timestamp": self.last_trade_timestamp,
             "reason": self.reason,
+            "linked": self.linked,
         }
 
     @classmethod
@@ -145,6 +149,7 @@ class SimOrder:
             trade_ids=list(d["trade_ids"]),
             last_trade_timestamp=d["last_trade_timestamp"],
             reason=d["reason"],
+            linked=d.get("linked"),  # absent in accounts saved before pairs existed
         )
 
 
@@ -231,6 +236,17 @@ class Ledger:
             self._maybe_open[order.id] = order
         else:
             self._maybe_open.pop(order.id, None)
+
+    def cancel(self, order: SimOrder) -> None:
+        """Cancel an open order, and the other leg of its pair if it has one."""
+        order.status, order.reserved = "canceled", ZERO
+        self.cancel_partner(order, f"the other leg of its pair (order {order.id}) was cancelled")
+
+    def cancel_partner(self, order: SimOrder, why: str) -> None:
+        """One cancels the other: the open partner of `order`'s pair is cancelled."""
+        partner = self.orders.get(order.linked) if order.linked else None
+        if partner is not None and partner.status == "open":
+            partner.status, partner.reserved, partner.reason = "canceled", ZERO, why
 
     def orders_from(self, first_id: int) -> list[SimOrder]:
         """Orders with an id of at least `first_id` (ids count up from 1)."""

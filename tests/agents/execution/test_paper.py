@@ -208,6 +208,35 @@ async def test_a_stop_loss_triggers_on_the_last_price_and_sells_into_the_bids(
     assert fired.status == "closed" and fired.average == D("94.5")
 
 
+async def test_a_pair_triggers_one_leg_and_cancels_the_other(
+    make_paper: PaperFactory, source: CannedSource
+) -> None:
+    paper = make_paper()
+    await paper.create_order(BTC, "buy", "market", D(1), client_order_id="p-0")
+    assert paper.supports_oco
+    sl, tp = await paper.create_oco(
+        BTC, "sell", D(1), D(95), D(105), client_order_ids=("p-sl", "p-tp")
+    )
+    assert (await paper.fetch_balance())["BTC"].used == D(1)
+    with pytest.raises(InvalidOrder, match="would trigger immediately"):
+        await paper.create_oco(BTC, "sell", D(1), D(99), D(99), client_order_ids=("x", "y"))
+    source.last, source.bids = D(106), [(D("105.5"), D(5))]
+    (fired,) = await paper.poll()
+    assert fired.id == tp.id and fired.status == "closed" and fired.average == D("105.5")
+    other = await paper.fetch_order(sl.id, BTC)
+    assert other.status == "canceled" and f"order {tp.id}" in (other.reason or "")
+    balance = await paper.fetch_balance()
+    assert balance["BTC"].total == 0 and balance["BTC"].used == 0
+    # Cancelling one leg of a pair cancels the other.
+    await paper.create_order(BTC, "buy", "market", D(1), client_order_id="p-1")
+    legs = await paper.create_oco(
+        BTC, "sell", D(1), D(95), D(110), client_order_ids=("q-sl", "q-tp")
+    )
+    await paper.cancel_order(legs[1].id, BTC)
+    assert (await paper.fetch_order(legs[0].id, BTC)).status == "canceled"
+    assert (await paper.fetch_balance())["BTC"].free == D(1)
+
+
 async def test_a_client_order_id_makes_one_order_and_the_account_is_durable(
     make_paper: PaperFactory, source: CannedSource
 ) -> None:
