@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from prometheus_client import Histogram
 
+from agents.execution.brackets import Brackets
 from agents.execution.endpoints import router
 from agents.execution.exchanges import ExchangeRegistry
 from agents.execution.service import SERVICE, OrderService
@@ -51,7 +52,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     relay = OutboxRelay(SERVICE, kit.session_factory, kit.agents)
     orders.wake_relay = relay.wake.set
-    reconciler = Reconciler(orders, settings.unknown_grace)
+    brackets = Brackets(orders)
+    orders.after_fill, orders.make_way = brackets.after_fill, brackets.make_way
+    reconciler = Reconciler(orders, brackets, settings.unknown_grace)
     app.state.orders, app.state.reconciler = orders, reconciler
     kit.checks["reconciliation"] = reconciler.health
     tasks = [

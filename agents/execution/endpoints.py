@@ -106,7 +106,7 @@ async def cancel_order(exchange: str, order_id: int, reconciler: ReconcilerDep) 
     if order.status not in ("open", "partially_filled", "pending"):
         return OrderView.model_validate(order)
     try:
-        return OrderView.model_validate(await reconciler.cancel(order))
+        return OrderView.model_validate(await reconciler.orders.cancel(order))
     except ExchangeError as exc:
         raise ServiceUnavailable(f"{exchange} could not cancel order {order_id}: {exc}") from exc
 
@@ -127,11 +127,16 @@ async def cancel_all(exchange: str, reconciler: ReconcilerDep) -> CancelAllResul
 
 
 @router.get("/positions/{exchange}", response_model=list[PositionOut], tags=["positions"])
-async def get_positions(exchange: str, orders: OrdersDep) -> list[PositionOut]:
-    """Open positions with entry, mark, unrealized and realized PnL, and attached stops."""
+async def get_positions(exchange: str, reconciler: ReconcilerDep) -> list[PositionOut]:
+    """Open positions with entry, mark, unrealized and realized PnL, and attached stops
+    (and whether they rest on the exchange or are watched by execution)."""
+    orders = reconciler.orders
     orders.exchanges.get(exchange)
+    on_exchange = await reconciler.brackets.protected(exchange)
     result = []
     for pos in await orders.db(orders._positions, exchange):
+        armed = pos.stop_loss is not None or pos.take_profit is not None
+        watched = armed or pos.trailing_stop_pct is not None
         mark, _ = await orders.exchanges.mark(exchange, pos.symbol)
         result.append(
             PositionOut(
@@ -145,6 +150,11 @@ async def get_positions(exchange: str, orders: OrdersDep) -> list[PositionOut]:
                 stop_loss=pos.stop_loss,
                 take_profit=pos.take_profit,
                 trailing_stop_pct=pos.trailing_stop_pct,
+                protected_by=(
+                    "exchange"
+                    if armed and pos.symbol in on_exchange
+                    else ("execution" if watched else None)
+                ),
             )
         )
     return result

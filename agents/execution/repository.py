@@ -68,6 +68,18 @@ def live(session: Session, exchange: str | None = None) -> Sequence[Order]:
     return session.scalars(query.order_by(Order.id)).all()
 
 
+def brackets(
+    session: Session, exchange: str, roles: Sequence[str], symbol: str | None = None
+) -> Sequence[Order]:
+    """Protective legs (orders with one of `roles`) not yet final, oldest first."""
+    query = select(Order).where(
+        Order.exchange == exchange, Order.role.in_(roles), Order.status.in_(NOT_FINAL)
+    )
+    if symbol:
+        query = query.where(Order.symbol == symbol)
+    return session.scalars(query.order_by(Order.id)).all()
+
+
 def add_fill(session: Session, values: dict[str, Any]) -> bool:
     """Record a trade once; False when it was already recorded."""
     inserted = session.execute(

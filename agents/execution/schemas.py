@@ -86,6 +86,12 @@ class PositionOut(BaseModel):
     stop_loss: Decimal | None
     take_profit: Decimal | None
     trailing_stop_pct: Decimal | None
+    protected_by: Literal["exchange", "execution"] | None = Field(
+        description="Who fires the attached stop-loss/take-profit: `exchange` (they rest "
+        "there as a one-cancels-the-other pair, and fire even while VolexSwarm is down), "
+        "`execution` (it watches the price and closes at market), or null (none attached). "
+        "A trailing stop is always watched by execution."
+    )
 
 
 class ClosePositions(BaseModel):
@@ -152,5 +158,7 @@ class FaultRequest(BaseModel):
         "rate_limited",
         "auth_error",
     ]
-    op: Literal["create_order", "cancel_order", "fetch_order", "fetch_ticker", "*"] = "create_order"
+    op: Literal[
+        "create_order", "create_oco", "cancel_order", "fetch_order", "fetch_ticker", "*"
+    ] = "create_order"
     times: int = Field(default=1, ge=1, le=1000)

@@ -31,6 +31,7 @@ from agents.execution.exchange.errors import (
     InsufficientFunds,
     InvalidOrder,
     NetworkError,
+    OrderNotFound,
 )
 from agents.execution.exchanges import ExchangeRegistry
 from agents.execution.ledger import PositionState, apply_fill
@@ -92,12 +93,31 @@ class OrderService:
         # checked again right before an order leaves, after risk approved it.
         self.gate = TradingState.ACTIVE
         self.gate_reason = ""
-        # Orders between approval and the exchange's answer: the reconciler, cancels and
-        # the kill switch leave them alone (the kill switch waits for them).
-        self.in_flight: set[int] = set()
+        # Orders between approval and the exchange's answer, with their (exchange, symbol):
+        # the reconciler, cancels, bracket keeping and the kill switch leave them alone
+        # (the kill switch waits for them).
+        self.in_flight: dict[int, tuple[str, str]] = {}
         self.idle = asyncio.Event()  # set while nothing is in flight
         self.idle.set()
         self.ready = False  # set once start-up reconciliation is done
+        # Attached brackets (brackets.py, wired by the app): protect a position once its
+        # entry is done; cancel our legs when they hold what an order needs to sell.
+        self.after_fill: Callable[[Order], Awaitable[None]] = _nothing_after_fill
+        self.make_way: Callable[[Order], Awaitable[bool]] = _no_way
+
+    @contextlib.contextmanager
+    def flying(self, orders: list[Order]) -> Iterator[None]:
+        """Mark `orders` as on their way to the exchange for the duration."""
+        for order in orders:
+            self.in_flight[order.id] = (order.exchange, order.symbol)
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            for order in orders:
+                self.in_flight.pop(order.id, None)
+            if not self.in_flight:
+                self.idle.set()
 
     @contextlib.contextmanager
     def _stage(self, name: str) -> Iterator[None]:
@@ -130,6 +150,20 @@ class OrderService:
                     session, "order.requested", actor, order.client_order_id, **_order_data(order)
                 )
             return order
+
+    def _claim_all(self, values: list[dict[str, Any]], actor: str) -> list[Order]:
+        """Claim orders that go out together (the legs of a pair): all or none."""
+        with self.sessions.begin() as session:
+            claimed = []
+            for one in values:
+                order = repo.claim(session, one)
+                if order is None:
+                    raise Conflict(f"client order id {one['client_order_id']!r} is taken")
+                audit(
+                    session, "order.requested", actor, order.client_order_id, **_order_data(order)
+                )
+                claimed.append(order)
+            return claimed
 
     def _finish(self, order_id: int, status: str, reason: str, actor: str) -> Order:
         with self.sessions.begin() as session:
@@ -285,14 +319,13 @@ class OrderService:
 
     async def send(self, order: Order) -> Order:
         """Hand an approved (claimed) order to its exchange and record what came back."""
-        self.in_flight.add(order.id)
-        self.idle.clear()
+        with self.flying([order]):
+            recorded = await self._send(order)
         try:
-            return await self._send(order)
-        finally:
-            self.in_flight.discard(order.id)
-            if not self.in_flight:
-                self.idle.set()
+            await self.after_fill(recorded)
+        except VolexError as exc:  # the order stands; the reconciler's pass tries again
+            log.warning("could not protect the position yet", extra={"reason": exc.message})
+        return recorded
 
     async def _send(self, order: Order) -> Order:
         refusal = self._gate_refusal(order)
@@ -300,28 +333,38 @@ class OrderService:
             await self.db(self._finish, order.id, "rejected", refusal, SERVICE)
             raise Conflict(refusal)
         adapter = self.exchanges.get(order.exchange)
-        try:
-            ex = await adapter.create_order(
-                order.symbol,
-                order.side,
-                order.type,
-                order.amount,
-                price=order.price,
-                stop_price=order.stop_price,
-                client_order_id=order.client_order_id,
-            )
-        except (ExchangeTimeout, NetworkError) as exc:
-            # The exchange may or may not have it: reconcile by client id, never resend.
-            return await self.db(self._finish, order.id, "unknown", str(exc), SERVICE)
-        except (InvalidOrder, InsufficientFunds) as exc:
-            await self.db(self._finish, order.id, "rejected", str(exc), SERVICE)
-            raise Unprocessable(f"{order.exchange} refused the order: {exc}") from exc
-        except AuthenticationError as exc:
-            await self.db(self._finish, order.id, "rejected", str(exc), SERVICE)
-            await self.halt(f"{order.exchange} rejected our credentials: {exc}")
-            raise ServiceUnavailable(
-                f"{order.exchange} authentication failed; trading halted"
-            ) from exc
+        for attempt in (1, 2):
+            try:
+                ex = await adapter.create_order(
+                    order.symbol,
+                    order.side,
+                    order.type,
+                    order.amount,
+                    price=order.price,
+                    stop_price=order.stop_price,
+                    client_order_id=order.client_order_id,
+                )
+                break
+            except (ExchangeTimeout, NetworkError) as exc:
+                # The exchange may or may not have it: reconcile by client id, never resend.
+                return await self.db(self._finish, order.id, "unknown", str(exc), SERVICE)
+            except InsufficientFunds as exc:
+                # Refused outright, so nothing was created: if our own protective legs
+                # held the coins, they make way (and follow the new position) and the
+                # order goes once more.
+                if attempt == 1 and order.role == "entry" and await self.make_way(order):
+                    continue
+                await self.db(self._finish, order.id, "rejected", str(exc), SERVICE)
+                raise Unprocessable(f"{order.exchange} refused the order: {exc}") from exc
+            except InvalidOrder as exc:
+                await self.db(self._finish, order.id, "rejected", str(exc), SERVICE)
+                raise Unprocessable(f"{order.exchange} refused the order: {exc}") from exc
+            except AuthenticationError as exc:
+                await self.db(self._finish, order.id, "rejected", str(exc), SERVICE)
+                await self.halt(f"{order.exchange} rejected our credentials: {exc}")
+                raise ServiceUnavailable(
+                    f"{order.exchange} authentication failed; trading halted"
+                ) from exc
         try:
             recorded = await self.db(self.record, order.id, ex)
         except ServiceUnavailable as exc:
@@ -332,6 +375,32 @@ class OrderService:
             ) from exc
         self.wake_relay()
         return recorded
+
+    async def cancel(self, order: Order) -> Order:
+        """Cancel `order` on its exchange and record the outcome. An order the exchange
+        already finished (filled, or cancelled with the other leg of its pair) is
+        recorded as the exchange has it."""
+        if order.id in self.in_flight:
+            raise Conflict(
+                f"order {order.id} is being sent to {order.exchange}; cancel it again "
+                "in a moment, once the exchange has answered"
+            )
+        if order.exchange_order_id is None:
+            return await self.db(
+                self._finish,
+                order.id,
+                "cancelled",
+                "cancelled before it reached the exchange",
+                SERVICE,
+            )
+        adapter = self.exchanges.get(order.exchange)
+        try:
+            ex = await adapter.cancel_order(order.exchange_order_id, order.symbol)
+        except (InvalidOrder, OrderNotFound) as refused:
+            ex = await adapter.fetch_order(order.exchange_order_id, order.symbol)
+            if ex.status == "open":
+                raise refused
+        return await self.db(self.record, order.id, ex)
 
     # --- ledger -----------------------------------------------------------------------------
     def record(self, order_id: int, ex: ExchangeOrder) -> Order:
@@ -359,8 +428,11 @@ class OrderService:
                     order.client_order_id,
                     filled=str(ex.filled),
                     exchange_order_id=ex.id,
+                    **({"reason": ex.reason} if ex.reason else {}),
                 )
                 order.status = status
+                if ex.reason:  # why the exchange expired or cancelled it, when it says
+                    order.reason = ex.reason
             armable = order.role == "entry" and order.filled > 0
             if armable and status in repo.FINAL and not was_final:
                 _arm_position(order, pos or repo.position(session, order.exchange, order.symbol))
@@ -483,6 +555,14 @@ class OrderService:
             log.error("could not halt trading through risk", extra={"reason": exc.message})
 
 
+async def _nothing_after_fill(order: Order) -> None:
+    return None
+
+
+async def _no_way(order: Order) -> bool:
+    return False
+
+
 def _order_data(order: Order) -> dict[str, Any]:
     return {
         "exchange": order.exchange,
@@ -491,7 +571,9 @@ def _order_data(order: Order) -> dict[str, Any]:
         "type": order.type,
         "amount": str(order.amount),
         "price": None if order.price is None else str(order.price),
+        "stop_price": None if order.stop_price is None else str(order.stop_price),
         "reduce_only": order.reduce_only,
+        "role": order.role,
         "requested_by": order.requested_by,
     }
 

@@ -14,24 +14,27 @@ from decimal import Decimal
 from typing import Any
 
 from agents.execution import repository as repo
+from agents.execution.brackets import Brackets
 from agents.execution.exchange.base import ExchangeOrder
 from agents.execution.exchange.errors import ExchangeError, OrderNotFound
 from agents.execution.service import SERVICE, OrderService, audit
 from common.contracts import ApplyTradingState, ApplyTradingStateResult, TradingState
-from common.errors import Conflict, VolexError
+from common.errors import VolexError
 from common.models import Order, Position
 
 log = logging.getLogger(__name__)
 
 
 class Reconciler:
-    def __init__(self, orders: OrderService, unknown_grace: float) -> None:
+    def __init__(self, orders: OrderService, brackets: Brackets, unknown_grace: float) -> None:
         self.orders = orders
+        self.brackets = brackets
         self.unknown_grace = unknown_grace
         self.ready = False
         self.detail = "reconciling orders left from the last run"
         self.kill_lock = asyncio.Lock()
-        self.close_lock = asyncio.Lock()
+        # Closing and keeping protective legs change the same coins: one at a time.
+        self.close_lock = brackets.lock
 
     async def health(self) -> tuple[bool, str]:
         return self.ready, self.detail
@@ -100,7 +103,9 @@ class Reconciler:
 
     # --- protective exits ------------------------------------------------------------------
     async def check_exits(self) -> None:
-        """Close a position once when its stop-loss, take-profit or trailing stop is hit."""
+        """Close a position once when its stop-loss, take-profit or trailing stop is hit.
+        Stop-loss and take-profit resting on the exchange (brackets.py) are the
+        exchange's to fire; the trailing stop is always watched here."""
         for exchange in self.orders.exchanges.adapters:
             rows = await self.orders.db(self._armed, exchange)
             for pos in rows:
@@ -111,8 +116,13 @@ class Reconciler:
 
     async def _check_exit(self, exchange: str, pos: Position) -> None:
         legs = (pos.stop_loss, pos.take_profit, pos.trailing_stop_pct, pos.trail_extreme)
+        on_exchange = await self.brackets.on_exchange(exchange, pos.symbol)
+        if on_exchange and pos.trailing_stop_pct is None:
+            return
         mark, _ = await self.orders.exchanges.mark(exchange, pos.symbol)
-        trigger = await self.orders.db(self._trail_and_test, exchange, pos.symbol, mark)
+        trigger = await self.orders.db(
+            self._trail_and_test, exchange, pos.symbol, mark, on_exchange
+        )
         if not trigger:
             return
         try:
@@ -140,7 +150,9 @@ class Reconciler:
                 if p.stop_loss or p.take_profit or p.trailing_stop_pct
             ]
 
-    def _trail_and_test(self, exchange: str, symbol: str, mark: Decimal) -> str | None:
+    def _trail_and_test(
+        self, exchange: str, symbol: str, mark: Decimal, trailing_only: bool
+    ) -> str | None:
         with self.orders.sessions.begin() as session:
             pos = repo.position(session, exchange, symbol)
             long = pos.amount > 0
@@ -148,7 +160,7 @@ class Reconciler:
                 better = mark > pos.trail_extreme if long else mark < pos.trail_extreme
                 if better:
                     pos.trail_extreme = mark
-            hit = _triggered(pos, mark, long)
+            hit = _triggered(pos, mark, long, trailing_only)
             if hit:  # disarm in the same transaction: a second look finds nothing to fire
                 pos.stop_loss = pos.take_profit = pos.trailing_stop_pct = None
                 pos.trail_extreme = None
@@ -205,24 +217,6 @@ class Reconciler:
             raise VolexError(f"close order id {values['client_order_id']} already used")
         return await self.orders.send(order)
 
-    async def cancel(self, order: Order) -> Order:
-        if order.id in self.orders.in_flight:
-            raise Conflict(
-                f"order {order.id} is being sent to {order.exchange}; cancel it again "
-                "in a moment, once the exchange has answered"
-            )
-        adapter = self.orders.exchanges.get(order.exchange)
-        if order.exchange_order_id is None:
-            return await self.orders.db(
-                self.orders._finish,
-                order.id,
-                "cancelled",
-                "cancelled before it reached the exchange",
-                SERVICE,
-            )
-        ex = await adapter.cancel_order(order.exchange_order_id, order.symbol)
-        return await self.orders.db(self.orders.record, order.id, ex)
-
     async def cancel_all(
         self, exchange: str | None, symbol: str | None = None
     ) -> tuple[list[Order], list[str]]:
@@ -231,7 +225,7 @@ class Reconciler:
             if symbol is not None and order.symbol != symbol:
                 continue
             try:
-                cancelled.append(await self.cancel(order))
+                cancelled.append(await self.orders.cancel(order))
             except (ExchangeError, VolexError) as exc:
                 errors.append(f"order {order.id}: {exc}")
         return cancelled, errors
@@ -288,6 +282,8 @@ class Reconciler:
             except (VolexError, ExchangeError) as exc:
                 log.warning("sync failed", extra={"reason": str(exc)})
             try:
+                for exchange in self.orders.exchanges.adapters:
+                    await self.brackets.keep(exchange)
                 await self.check_exits()
                 if time.monotonic() >= next_snapshot:
                     next_snapshot = time.monotonic() + snapshot_interval
@@ -298,15 +294,18 @@ class Reconciler:
                 log.exception("sync crashed; continuing")
 
 
-def _triggered(pos: Position, mark: Decimal, long: bool) -> str | None:
+def _triggered(pos: Position, mark: Decimal, long: bool, trailing_only: bool) -> str | None:
+    """The protective exit `mark` reaches, if any. With `trailing_only` the stop-loss and
+    take-profit rest on the exchange, which fires them: only the trailing stop is ours."""
     if pos.amount == 0:
         return None
-    if pos.stop_loss is not None and (mark <= pos.stop_loss if long else mark >= pos.stop_loss):
-        return "stop_loss"
-    if pos.take_profit is not None and (
-        mark >= pos.take_profit if long else mark <= pos.take_profit
-    ):
-        return "take_profit"
+    if not trailing_only:
+        if pos.stop_loss is not None and (mark <= pos.stop_loss if long else mark >= pos.stop_loss):
+            return "stop_loss"
+        if pos.take_profit is not None and (
+            mark >= pos.take_profit if long else mark <= pos.take_profit
+        ):
+            return "take_profit"
     if pos.trailing_stop_pct is not None and pos.trail_extreme is not None:
         distance = pos.trail_extreme * pos.trailing_stop_pct
         if (

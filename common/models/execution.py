@@ -54,7 +54,10 @@ class Order(Base):
     take_profit: Mapped[Decimal | None] = mapped_column(ledger_numeric())
     trailing_stop_pct: Mapped[Decimal | None] = mapped_column(ledger_numeric())
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"))
-    role: Mapped[str] = mapped_column(String(16), default="entry")  # entry|stop_loss|...
+    # What the order is for: entry (a caller's); bracket_sl / bracket_tp (a protective leg
+    # resting on the exchange); close, flatten, stop_loss, take_profit, trailing_stop
+    # (a market close by execution: asked for, a halt, or a leg execution watched).
+    role: Mapped[str] = mapped_column(String(16), default="entry")
     reason: Mapped[str | None] = mapped_column(Text)
     requested_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -19,6 +19,7 @@ sim's defaults.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -182,7 +183,7 @@ class PaperExchange(ExchangeAdapter):
     ) -> ExchangeOrder:
         self._check_open()
         market = await self._market(symbol)
-        try:
+        with self._named_errors():
             request = parse_request(market, side, type, amount, price, stop_price, client_order_id)
             self._check_duplicate(client_order_id)  # before any network read
             book = await self._book_for(market, request)
@@ -192,10 +193,6 @@ class PaperExchange(ExchangeAdapter):
                 order = engine.place(request, self.now_ms())
                 await self._save()
                 return self._view(order)
-        except ExchangeError as exc:
-            if exc.exchange in (None, "sim"):  # the sim's rules name themselves
-                exc.exchange = self.id
-            raise
 
     async def create_oco(
         self,
@@ -209,7 +206,7 @@ class PaperExchange(ExchangeAdapter):
     ) -> tuple[ExchangeOrder, ExchangeOrder]:
         self._check_open()
         market = await self._market(symbol)
-        try:
+        with self._named_errors():
             stop, target = (
                 parse_request(market, side, kind, amount, None, trigger, cid)
                 for kind, trigger, cid in zip(
@@ -229,10 +226,6 @@ class PaperExchange(ExchangeAdapter):
                 legs = engine.place_pair(stop, target, self.now_ms())
                 await self._save()
                 return self._view(legs[0]), self._view(legs[1])
-        except ExchangeError as exc:
-            if exc.exchange in (None, "sim"):
-                exc.exchange = self.id
-            raise
 
     async def cancel_order(self, order_id: str, symbol: str) -> ExchangeOrder:
         self._check_open()
@@ -354,6 +347,16 @@ class PaperExchange(ExchangeAdapter):
             if changed:
                 await self._save()
             return changed
+
+    @contextlib.contextmanager
+    def _named_errors(self) -> Iterator[None]:
+        """The sim's rules name the sim in their errors; here they are this exchange's."""
+        try:
+            yield
+        except ExchangeError as exc:
+            if exc.exchange in (None, "sim"):
+                exc.exchange = self.id
+            raise
 
     def _check_open(self) -> None:
         if self._closed:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
@@ -13,63 +11,15 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from tests.agents.execution.fleet import new_cid, order
 from tests.conftest import Stack
 
-
-def _cid(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
-
-
-def order(stack: Stack, **body: object) -> httpx.Response:
-    body.setdefault("symbol", "BTC/USDT")
-    body.setdefault("side", "buy")
-    body.setdefault("type", "market")
-    return httpx.post(
-        stack.url("execution") + "/orders", json=body, headers=stack.auth(), timeout=30
-    )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _repeatable_orders(stack: Stack) -> Iterator[None]:
-    """These tests send many small look-alike orders on purpose: relax the duplicate and
-    rate rules (risk's own tests cover them), and put the limits back afterwards."""
-    url = stack.url("risk") + "/limits"
-    saved = httpx.get(url, headers=stack.auth(), timeout=10).json()
-    relaxed = {**saved, "duplicate_window_s": 0, "max_orders_per_minute": 100_000}
-    httpx.put(url, json=_editable(relaxed), headers=stack.auth(), timeout=10).raise_for_status()
-    yield
-    httpx.put(url, json=_editable(saved), headers=stack.auth(), timeout=10).raise_for_status()
-
-
-def _editable(limits: dict[str, object]) -> dict[str, object]:
-    from agents.risk.schemas import Limits
-
-    return {k: v for k, v in limits.items() if k in Limits.model_fields}
-
-
-@pytest.fixture(autouse=True)
-def _active(stack: Stack) -> None:
-    # Risk's own tests leave a synthetic 100,000 equity peak; the sim account is ~10,000.
-    httpx.post(
-        stack.url("risk") + "/drawdown/reset",
-        json={"reason": "test setup", "equity": "1"},
-        headers=stack.auth(),
-        timeout=30,
-    ).raise_for_status()
-    # Always: a halt risk could not record (its database-outage test) still closed
-    # execution's own gate, and only a resume opens it again.
-    httpx.post(
-        stack.url("risk") + "/resume",
-        json={"reason": "test setup"},
-        headers=stack.auth(),
-        timeout=30,
-    ).raise_for_status()
-    httpx.delete(stack.url("execution") + "/exchanges/sim/faults", headers=stack.auth(), timeout=10)
+pytestmark = pytest.mark.usefixtures("repeatable_orders", "active")
 
 
 def test_market_buy_fills_and_opens_a_position(stack: Stack) -> None:
     before = stack.get("execution", "/balance/sim").json()["balances"]["USDT"]["total"]
-    cid = _cid()
+    cid = new_cid()
     response = order(stack, amount="0.01", client_order_id=cid)
     assert response.status_code == 201, response.text
     placed = response.json()
@@ -96,7 +46,7 @@ def test_market_buy_fills_and_opens_a_position(stack: Stack) -> None:
 
 
 def test_twenty_concurrent_requests_with_one_client_id_make_one_order(stack: Stack) -> None:
-    cid = _cid("dup")
+    cid = new_cid("dup")
     with ThreadPoolExecutor(max_workers=20) as pool:
         responses = list(
             pool.map(lambda _: order(stack, amount="0.001", client_order_id=cid), range(20))
@@ -118,7 +68,7 @@ def test_twenty_concurrent_requests_with_one_client_id_make_one_order(stack: Sta
 
 
 def test_same_client_id_for_a_different_order_is_a_conflict(stack: Stack) -> None:
-    cid = _cid()
+    cid = new_cid()
     assert order(stack, amount="0.001", client_order_id=cid).status_code == 201
     clash = order(stack, amount="0.001", client_order_id=cid, symbol="ETH/USDT")
     assert clash.status_code == 409 and cid in clash.json()["detail"]
@@ -131,7 +81,7 @@ def test_timeout_after_accept_is_reconciled_without_a_second_create(stack: Stack
         headers=stack.auth(),
         timeout=10,
     )
-    cid = _cid("tmo")
+    cid = new_cid("tmo")
     response = order(stack, amount="0.001", client_order_id=cid)
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "unknown"
@@ -154,7 +104,7 @@ def test_killed_between_accept_and_record_recovers_exactly_once(stack: Stack) ->
         headers=stack.auth(),
         timeout=10,
     )
-    cid = _cid("kill")
+    cid = new_cid("kill")
     pid = stack.get("execution", "/info").json()["pid"]
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(order, stack, amount="0.002", client_order_id=cid)
@@ -192,7 +142,7 @@ def test_killed_between_accept_and_record_recovers_exactly_once(stack: Stack) ->
 def test_order_refused_with_503_when_a_guard_is_down(stack: Stack, agent: str) -> None:
     stack.volex("stop", agent)
     try:
-        response = order(stack, amount="0.001", client_order_id=_cid())
+        response = order(stack, amount="0.001", client_order_id=new_cid())
         assert response.status_code == 503
         assert agent in response.json()["detail"]
     finally:
@@ -201,10 +151,12 @@ def test_order_refused_with_503_when_a_guard_is_down(stack: Stack, agent: str) -
 
 
 def test_halt_with_flatten_then_restart_then_resume(stack: Stack) -> None:
-    assert order(stack, amount="0.003", client_order_id=_cid()).status_code == 201
+    assert order(stack, amount="0.003", client_order_id=new_cid()).status_code == 201
     bid = Decimal(stack.get("execution", "/ticker/sim/BTC-USDT").json()["bid"])
     below = (bid * Decimal("0.97")).quantize(Decimal("0.01"))  # inside risk's price collar
-    resting = order(stack, type="limit", amount="0.001", price=str(below), client_order_id=_cid())
+    resting = order(
+        stack, type="limit", amount="0.001", price=str(below), client_order_id=new_cid()
+    )
     assert resting.status_code == 201 and resting.json()["status"] == "open"
     halt = httpx.post(
         stack.url("risk") + "/halt",
@@ -224,13 +176,13 @@ def test_halt_with_flatten_then_restart_then_resume(stack: Stack) -> None:
             return not live and not stack.get("execution", "/positions/sim").json()
 
         stack.wait_for(flat, timeout=30, what="zero open orders and zero positions")
-        refused = order(stack, amount="0.001", client_order_id=_cid())
+        refused = order(stack, amount="0.001", client_order_id=new_cid())
         assert refused.status_code == 409 and "drill" in refused.json()["detail"]
         for name in ("risk", "execution"):
             stack.volex("restart", name)
         stack.wait_for(stack.all_healthy, timeout=90, what="fleet back after restarts")
         assert stack.get("risk", "/state").json()["state"] == "HALTED"
-        assert order(stack, amount="0.001", client_order_id=_cid()).status_code == 409
+        assert order(stack, amount="0.001", client_order_id=new_cid()).status_code == 409
     finally:
         httpx.post(
             stack.url("risk") + "/resume",
@@ -238,7 +190,7 @@ def test_halt_with_flatten_then_restart_then_resume(stack: Stack) -> None:
             headers=stack.auth(),
             timeout=30,
         )
-    assert order(stack, amount="0.001", client_order_id=_cid()).status_code == 201
+    assert order(stack, amount="0.001", client_order_id=new_cid()).status_code == 201
 
 
 @pytest.mark.parametrize(
@@ -268,60 +220,9 @@ def test_unknown_symbol_and_exchange(stack: Stack) -> None:
     assert order(stack, amount="1", exchange="nosuch").status_code == 404
 
 
-def test_brackets_close_the_position_once_when_a_leg_fires(stack: Stack) -> None:
-    stack.get("execution", "/positions/sim")
-    httpx.post(
-        stack.url("execution") + "/positions/sim/close",
-        json={"symbol": "ETH/USDT"},
-        headers=stack.auth(),
-        timeout=30,
-    )
-    mid = Decimal(stack.get("execution", "/ticker/sim/ETH-USDT").json()["last"])
-    # Legs a hair either side of the price: one of them fires within seconds.
-    stop, target = (
-        (mid * Decimal("0.9998")).quantize(Decimal("0.01")),
-        (mid * Decimal("1.0002")).quantize(Decimal("0.01")),
-    )
-    cid = _cid("brk")
-    placed = order(
-        stack,
-        symbol="ETH/USDT",
-        amount="0.01",
-        stop_loss=str(stop),
-        take_profit=str(target),
-        client_order_id=cid,
-    )
-    assert placed.status_code == 201, placed.text
-    armed = {p["symbol"]: p for p in stack.get("execution", "/positions/sim").json()}
-    assert "ETH/USDT" in armed
-
-    def closed() -> bool:
-        return "ETH/USDT" not in {
-            p["symbol"] for p in stack.get("execution", "/positions/sim").json()
-        }
-
-    stack.wait_for(closed, timeout=120, what="a bracket leg to fire and close the position")
-    with stack.engine().connect() as conn:
-        exits = conn.execute(
-            text(
-                "SELECT role, status FROM orders WHERE symbol = 'ETH/USDT'"
-                " AND role IN ('stop_loss', 'take_profit', 'trailing_stop') AND id > :i"
-            ),
-            {"i": placed.json()["id"]},
-        ).all()
-        armed_after = conn.execute(
-            text(
-                "SELECT stop_loss, take_profit FROM positions WHERE exchange = 'sim'"
-                " AND symbol = 'ETH/USDT'"
-            )
-        ).one()
-    assert len(exits) == 1 and exits[0].status == "filled"  # closed once
-    assert armed_after == (None, None)  # the other leg is gone with it
-
-
 def test_a_refused_order_keeps_its_client_id(stack: Stack) -> None:
     mid = Decimal(stack.get("execution", "/ticker/sim/BTC-USDT").json()["last"])
-    cid = _cid("bad-stop")
+    cid = new_cid("bad-stop")
     above = str((mid * Decimal("1.5")).quantize(Decimal("0.01")))
     first = order(stack, amount="0.001", stop_loss=above, client_order_id=cid)
     assert first.status_code == 422 and "stop_loss" in first.json()["detail"]
@@ -339,7 +240,7 @@ def test_executions_own_gate_stops_an_order_risk_approved(stack: Stack) -> None:
     )
     assert halted.status_code == 200, halted.text
     try:
-        refused = order(stack, amount="0.001", client_order_id=_cid("gate"))
+        refused = order(stack, amount="0.001", client_order_id=new_cid("gate"))
         assert refused.status_code == 409 and "gate drill" in refused.json()["detail"]
         assert refused.json()["detail"].startswith("trading is HALTED")
     finally:
@@ -349,7 +250,7 @@ def test_executions_own_gate_stops_an_order_risk_approved(stack: Stack) -> None:
             headers=stack.auth(),
             timeout=30,
         )
-    assert order(stack, amount="0.001", client_order_id=_cid("gate")).status_code == 201
+    assert order(stack, amount="0.001", client_order_id=new_cid("gate")).status_code == 201
 
 
 def test_an_audit_event_compliance_refuses_does_not_hold_back_the_trail(stack: Stack) -> None:
@@ -358,7 +259,7 @@ def test_an_audit_event_compliance_refuses_does_not_hold_back_the_trail(stack: S
     it still reach compliance."""
     import json
 
-    tag = _cid("aside")
+    tag = new_cid("aside")
     bad = {"kind": "order.filled", "actor": "execution", "subject": f"{tag}-bad", "data": {}}
     good = {"kind": "order.note", "actor": "execution", "subject": f"{tag}-good", "data": {}}
     with stack.engine().begin() as conn:

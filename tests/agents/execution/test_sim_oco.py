@@ -101,7 +101,7 @@ async def test_a_bad_pair_is_refused_whole(make_sim: SimFactory) -> None:
     sim = make_sim()
     stop, target = await _long_eth(sim)
     before = await sim.fetch_balance()
-    refusals: list[tuple[type[Exception], str, tuple[object, ...]]] = [
+    refusals: list[tuple[type[Exception], str, tuple[Decimal, Decimal, Decimal]]] = [
         (InvalidOrder, "would trigger immediately", (D(1), stop, stop - D(100))),
         (InvalidOrder, "would trigger immediately", (D(1), target, target + D(100))),
         (InsufficientFunds, "needs 2", (D(2), stop, target)),
