@@ -70,6 +70,18 @@ class PositionView(BaseModel):
     stop_loss: Positive | None = None
 
 
+class OpenOrder(BaseModel):
+    """One of our orders resting on an exchange: what is left of it, and its limit price
+    (or stop trigger). Risk counts those that would grow a position if they filled."""
+
+    exchange: str
+    symbol: str
+    side: OrderSide
+    amount: Positive  # the unfilled remainder
+    price: Positive
+    reduce_only: bool = False
+
+
 class PortfolioView(BaseModel):
     """Execution's picture of the account, sent with every check (risk keeps no ledger)."""
 
@@ -77,6 +89,7 @@ class PortfolioView(BaseModel):
     cash: NonNegative
     positions: list[PositionView] = Field(default_factory=list)
     realized_pnl_today: Signed = Decimal(0)
+    open_orders: list[OpenOrder] = Field(default_factory=list)
 
 
 class PreTradeRequest(BaseModel):
@@ -139,6 +152,9 @@ class AuditEventIn(BaseModel):
     actor: str = Field(min_length=1, max_length=64)  # operator or a service name
     subject: str | None = Field(default=None, max_length=128)  # e.g. a client order id
     data: dict[str, Any] = Field(default_factory=dict)
+    # The sender's id for this event: sent again (a retry after a lost answer), it is
+    # not appended a second time; compliance answers with the row first stored.
+    event_id: str | None = Field(default=None, min_length=8, max_length=64, pattern=r"^[\w-]+$")
 
 
 class FillEvent(BaseModel):

@@ -1,10 +1,12 @@
-"""Audit events through a transactional outbox, delivered to compliance in the background."""
+"""Audit events through a transactional outbox, delivered to compliance in the background,
+in order and, thanks to each event's `event_id`, appended there once."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import uuid
 from datetime import timedelta
 
 from sqlalchemy import delete, func, select, update
@@ -23,7 +25,11 @@ REFUSED_RETRY_S = 300.0
 
 
 def record(session: Session, service: str, event: AuditEventIn) -> None:
-    """Queue `event` in the caller's transaction: it exists exactly when the change does."""
+    """Queue `event` in the caller's transaction: it exists exactly when the change does.
+    It gets an `event_id`, so that sending it again (an answer lost to a timeout or a
+    crash) does not append it twice at compliance."""
+    if event.event_id is None:
+        event = event.model_copy(update={"event_id": uuid.uuid4().hex})
     session.add(OutboxEvent(service=service, payload=event.model_dump(mode="json"), attempts=0))
 
 

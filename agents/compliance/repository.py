@@ -1,5 +1,5 @@
-"""All SQL for compliance's tables: audit_events, audit_chain_head, compliance_policies,
-policy_decisions. Nothing here commits; the session dependency does."""
+"""All SQL for compliance's tables: audit_events, audit_chain_head, audit_receipts,
+compliance_policies, policy_decisions. Nothing here commits; the session dependency does."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Row, exists, func, select, text
+from sqlalchemy import Row, exists, func, insert, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from common.models.compliance import (
     AUDIT_ID_SEQUENCE,
     AuditChainHead,
     AuditEvent,
+    AuditReceipt,
     CompliancePolicy,
     PolicyDayCount,
     PolicyDayOrder,
@@ -96,6 +97,29 @@ def lock_chain_and_next_ids(session: Session, count: int) -> tuple[list[int], da
         ).scalars()
         more = sorted(int(i) for i in drawn)
     return [first, *more], at
+
+
+def receipts(
+    session: Session, keys: list[tuple[str, str | None]]
+) -> dict[tuple[str, str], AuditEvent]:
+    """The audit rows that (actor, event id) pairs became when first sent."""
+    if not keys:
+        return {}
+    rows = session.execute(
+        select(AuditReceipt.source, AuditReceipt.event_id, AuditEvent)
+        .join(AuditEvent, AuditEvent.id == AuditReceipt.audit_id)
+        .where(tuple_(AuditReceipt.source, AuditReceipt.event_id).in_(keys))
+    ).all()
+    return {(source, event_id): event for source, event_id, event in rows}
+
+
+def add_receipts(session: Session, rows: list[tuple[str, str, int]]) -> None:
+    """Remember which audit row each (actor, event id) became; after the rows are flushed."""
+    session.flush()
+    session.execute(
+        insert(AuditReceipt),
+        [{"source": s, "event_id": e, "audit_id": a} for s, e, a in rows],
+    )
 
 
 def append_audit_events(session: Session, events: list[AuditEvent], head: AuditChainHead) -> None:

@@ -77,6 +77,7 @@ class NewEvent:
     data: dict[str, Any]
     subject: str | None = None
     on_behalf_of: str | None = None
+    event_id: str | None = None  # the sender's id: appended once per (actor, event_id)
 
 
 def append(
@@ -97,15 +98,26 @@ def append(
 def append_all(session: Session, new: list[NewEvent]) -> list[AuditEvent]:
     """Add rows to the chain in the given order (their data already checked). Appends are
     serialized by a transaction-scoped lock, so the first row links to the one committed
-    before it; the rows of one call share the lock, the time and one INSERT."""
+    before it; the rows of one call share the lock, the time and one INSERT. An event whose
+    sender's `event_id` was seen before (from the same actor) is not appended again: its
+    place in the answer holds the row it became the first time."""
     row_ids, at = repo.lock_chain_and_next_ids(session, len(new))
+    # Under the chain lock: no other append can record the same receipt meanwhile.
+    seen = repo.receipts(session, [(item.actor, item.event_id) for item in new if item.event_id])
     head = repo.chain_head(session)
     at = at.astimezone(UTC)
     prev_hash = head.last_hash
-    events = []
-    for row_id, item in zip(row_ids, new, strict=True):
+    answer: list[AuditEvent] = []
+    events: list[AuditEvent] = []
+    receipts: list[tuple[str, str, int]] = []
+    free_ids = iter(row_ids)  # ids a resent event does not use are left as gaps
+    for item in new:
+        key = (item.actor, item.event_id) if item.event_id else None
+        if key is not None and key in seen:
+            answer.append(seen[key])
+            continue
         fields: dict[str, Any] = {
-            "id": row_id,
+            "id": next(free_ids),
             "at": at,
             "kind": item.kind,
             "actor": item.actor,
@@ -114,10 +126,18 @@ def append_all(session: Session, new: list[NewEvent]) -> list[AuditEvent]:
             "data": item.data,
         }
         row_hash = link_hash(prev_hash, canonical_content(**fields))
-        events.append(AuditEvent(**fields, prev_hash=prev_hash, hash=row_hash))
+        event = AuditEvent(**fields, prev_hash=prev_hash, hash=row_hash)
+        events.append(event)
+        answer.append(event)
         prev_hash = row_hash
-    repo.append_audit_events(session, events, head)
-    return events
+        if key is not None:
+            seen[key] = event
+            receipts.append((*key, event.id))
+    if events:
+        repo.append_audit_events(session, events, head)
+    if receipts:
+        repo.add_receipts(session, receipts)
+    return answer
 
 
 def _incoming(body: AuditEventIn, caller: Caller) -> NewEvent:
@@ -137,6 +157,7 @@ def _incoming(body: AuditEventIn, caller: Caller) -> NewEvent:
         data=body.data,
         subject=body.subject,
         on_behalf_of=body.actor if body.actor != caller.name else None,
+        event_id=body.event_id,
     )
 
 

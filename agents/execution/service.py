@@ -43,6 +43,7 @@ from common.contracts import (
     AuditEventIn,
     CheckDecision,
     FillEvent,
+    OpenOrder,
     OrderSide,
     OrderType,
     PolicyRequest,
@@ -504,7 +505,7 @@ class OrderService:
         adapter = self.exchanges.get(exchange)
         balances = await adapter.fetch_balance()
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        rows, realized, resting = await self.db(self._book, exchange, today, symbol)
+        rows, realized, live = await self.db(self._book, exchange, today)
         views = []
         for row in rows:
             mark, _ = await self._mark(exchange, row.symbol)
@@ -521,28 +522,41 @@ class OrderService:
         cash = balances["USDT"].free if "USDT" in balances else Decimal(0)
         total_quote = balances["USDT"].total if "USDT" in balances else Decimal(0)
         equity = total_quote + sum((v.amount * v.mark_price for v in views), Decimal(0))
+        open_orders = [
+            OpenOrder(
+                exchange=exchange,
+                symbol=o.symbol,
+                side=OrderSide(o.side),
+                amount=o.amount - o.filled,
+                price=o.price or o.stop_price,
+                reduce_only=o.reduce_only,
+            )
+            for o in live
+            if o.amount > o.filled and (o.price or o.stop_price)
+        ]
         view = PortfolioView(
-            equity=max(equity, Decimal(0)), cash=cash, positions=views, realized_pnl_today=realized
+            equity=max(equity, Decimal(0)),
+            cash=cash,
+            positions=views,
+            realized_pnl_today=realized,
+            open_orders=open_orders,
         )
+        # What compliance's wash-trade rule looks at: our limit prices resting in `symbol`
+        # (a stop waiting for its trigger is not on the book).
+        resting = [
+            RestingOrder(side=OrderSide(o.side), price=o.price, amount=o.amount - o.filled)
+            for o in live
+            if o.symbol == symbol and o.price is not None and o.amount > o.filled
+        ]
         return view, resting
 
-    def _book(
-        self, exchange: str, since: datetime, symbol: str | None
-    ) -> tuple[list[Any], Decimal, list[RestingOrder]]:
-        """Positions, today's realized PnL and resting orders, in one session."""
+    def _book(self, exchange: str, since: datetime) -> tuple[list[Any], Decimal, list[Order]]:
+        """Positions, today's realized PnL and our open orders, in one session."""
         with self.sessions() as session:
             rows = list(repo.positions(session, exchange))
             realized = repo.realized_since(session, since)
-            resting = (
-                []
-                if symbol is None
-                else [
-                    RestingOrder(side=OrderSide(o.side), price=o.price, amount=o.amount - o.filled)
-                    for o in repo.live(session, exchange)
-                    if o.symbol == symbol and o.price is not None and o.amount > o.filled
-                ]
-            )
-        return rows, realized, resting
+            live = list(repo.live(session, exchange))
+        return rows, realized, live
 
     def _positions(self, exchange: str) -> list[Any]:
         with self.sessions() as session:

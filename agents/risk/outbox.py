@@ -3,11 +3,11 @@
 Events are sent oldest first, everything pending in one call. While compliance is down,
 answers 404 (not deployed yet) or refuses our token, the flusher stops at the first
 failure and retries the same events with a growing pause (up to MAX_BACKOFF_S), so the
-log keeps its order and nothing is lost. Each event carries `event_id` (to drop a
-redelivery) and `occurred_at` (it may arrive late) in its data. An event compliance
-rejects as invalid (400/409/422) makes the batch go one event at a time (`POST
-/audit/events`), and that event is set aside for REJECTED_RETRY_S so it cannot block
-the ones behind it; it is retried too.
+log keeps its order and nothing is lost. Each event carries its `event_id` (compliance
+appends a redelivered one once) and, in its data, `occurred_at` (it may arrive late).
+An event compliance rejects as invalid (400/409/422) makes the batch go one event at a
+time (`POST /audit/events`), and that event is set aside for REJECTED_RETRY_S so it
+cannot block the ones behind it; it is retried too.
 """
 
 from __future__ import annotations
@@ -55,11 +55,8 @@ def _load_pending(kit: Kit) -> list[_Pending]:
                     kind=row.kind,
                     actor=row.actor,
                     subject=row.subject,
-                    data={
-                        **row.data,
-                        "event_id": row.event_id,
-                        "occurred_at": row.created_at.isoformat(),
-                    },
+                    data={**row.data, "occurred_at": row.created_at.isoformat()},
+                    event_id=row.event_id,
                 ).model_dump(mode="json"),
             )
             for row in repo.pending_audit(session, BATCH)

@@ -24,9 +24,11 @@ from agents.risk.book import (
     heat_after,
     is_multiple,
     order_price,
+    resting_amount,
     resulting_position,
     shrinks_position,
     unrealized_pnl,
+    worst_position,
 )
 from agents.risk.schemas import Limits
 from common.contracts import CheckResult, OrderType, PreTradeRequest, TradingState
@@ -180,10 +182,14 @@ def check_position_pct(req: PreTradeRequest, limits: Limits, ctx: CheckContext) 
     if isinstance(sized, CheckResult):
         return sized
     price, equity = sized
-    after = resulting_position(req)
+    after, resting = worst_position(req), resting_amount(req)
     notional = abs(after) * price
     fraction = notional / equity
-    what = f"resulting position {_n(after)} x {_m(price)} = {_m(notional)} of equity {_m(equity)}:"
+    with_resting = f" ({_n(resting)} of it in resting orders)" if resting else ""
+    what = (
+        f"resulting position {_n(after)}{with_resting} x {_m(price)} = {_m(notional)} "
+        f"of equity {_m(equity)}:"
+    )
     return _within(
         rule, what, _f(fraction), fraction <= limits.max_position_pct, limits.max_position_pct
     )

@@ -3,7 +3,13 @@
 from common.models.autonomous import AutonomousDecision, AutonomousRun
 from common.models.backtest import BacktestEquity, BacktestRun, BacktestTrade
 from common.models.base import Base
-from common.models.compliance import AuditChainHead, AuditEvent, CompliancePolicy, PolicyDecision
+from common.models.compliance import (
+    AuditChainHead,
+    AuditEvent,
+    AuditReceipt,
+    CompliancePolicy,
+    PolicyDecision,
+)
 from common.models.execution import Fill, Order, Position
 from common.models.market_data import Ohlcv, OhlcvFetchJob
 from common.models.outbox import OutboxEvent
@@ -22,6 +28,7 @@ from common.models.supervisor import SupervisorEvent
 __all__ = [
     "AuditChainHead",
     "AuditEvent",
+    "AuditReceipt",
     "AutonomousDecision",
     "AutonomousRun",
     "BacktestEquity",

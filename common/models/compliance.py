@@ -125,3 +125,14 @@ class PolicyDayCount(Base):
 
     day: Mapped[date] = mapped_column(Date, primary_key=True)
     approved: Mapped[int] = mapped_column(Integer)
+
+
+class AuditReceipt(Base):
+    """An event id a sender gave with an event, and the audit row it became: a resent
+    event (the sender never heard back) is answered with that row, not appended again."""
+
+    __tablename__ = "audit_receipts"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)  # the caller
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    audit_id: Mapped[int] = mapped_column(BigInteger)

@@ -46,3 +46,39 @@ def test_one_bad_event_rejects_the_whole_batch_naming_it(stack: Stack) -> None:
     assert any(str(err["field"]).startswith("body.1") for err in response.json()["errors"])
     assert _events(stack, subject) == []  # nothing half-written
     assert _post(stack, []).status_code == 422
+
+
+def test_a_resent_event_id_is_stored_once(stack: Stack) -> None:
+    """A sender that did not hear back (a timeout, a crash before it marked the batch
+    sent) sends the same events again: each `event_id` is appended once per caller, and
+    the answer names the rows first stored."""
+    subject = f"once-{uuid.uuid4().hex[:10]}"
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    body = [
+        {"kind": "test.once", "actor": "operator", "subject": subject, "event_id": i, "data": {}}
+        for i in ids
+    ]
+    first = _post(stack, body[:2])
+    assert first.status_code == 201, first.text
+    again = _post(stack, body)  # the first two again, and a new one
+    assert again.status_code == 201, again.text
+    assert [e["id"] for e in again.json()[:2]] == [e["id"] for e in first.json()]
+    single = httpx.post(
+        stack.url("compliance") + "/audit/events", json=body[2], headers=stack.auth(), timeout=30
+    )
+    assert single.status_code == 201 and single.json()["id"] == again.json()[2]["id"]
+    twice_in_one = _post(stack, [body[0], body[0]])
+    assert [e["id"] for e in twice_in_one.json()] == [first.json()[0]["id"]] * 2
+    stored = _events(stack, subject)
+    assert len(stored) == 3 and [e["id"] for e in stored] == [e["id"] for e in again.json()]
+    assert stack.get("compliance", "/audit/verify").json()["ok"] is True
+    # Another caller's event with the same id is its own event.
+    from tests.agents.compliance.conftest import service_token
+
+    other = httpx.post(
+        stack.url("compliance") + "/audit/events",
+        json=body[0],
+        headers=stack.auth(service_token(stack, "risk")),
+        timeout=30,
+    )
+    assert other.status_code == 201 and other.json()["id"] not in {e["id"] for e in stored}

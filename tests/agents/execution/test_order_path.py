@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
+from common.contracts import AuditEventIn
+from common.outbox import record
 from tests.agents.execution.fleet import new_cid, order
 from tests.conftest import Stack
 
@@ -257,7 +262,6 @@ def test_an_audit_event_compliance_refuses_does_not_hold_back_the_trail(stack: S
     """Execution's outbox delivers in order. An event compliance refuses (here a fill
     without a fill's fields) is set aside with the reason, and the events queued behind
     it still reach compliance."""
-    import json
 
     tag = new_cid("aside")
     bad = {"kind": "order.filled", "actor": "execution", "subject": f"{tag}-bad", "data": {}}
@@ -295,3 +299,72 @@ def test_an_audit_event_compliance_refuses_does_not_hold_back_the_trail(stack: S
                 text("DELETE FROM event_outbox WHERE payload->>'subject' LIKE :t"),
                 {"t": f"{tag}%"},
             )
+
+
+def test_an_audit_event_sent_again_is_appended_once(stack: Stack) -> None:
+    """The relay sends what is queued until it hears back: an event whose answer was lost
+    goes again. Each queued event carries its id, and compliance appends it once (here
+    the same event queued twice, as after a crash between delivery and its removal)."""
+    tag = new_cid("twice")
+    with stack.engine().begin() as conn:
+        with Session(bind=conn) as session:
+            record(
+                session,
+                "execution",
+                AuditEventIn(kind="order.note", actor="execution", subject=tag),
+            )
+            session.flush()
+        payload = conn.execute(
+            text("SELECT payload FROM event_outbox WHERE payload->>'subject' = :s"), {"s": tag}
+        ).scalar_one()
+        assert len(payload["event_id"]) == 32 and uuid.UUID(payload["event_id"])
+        conn.execute(
+            text(
+                "INSERT INTO event_outbox (service, payload, attempts)"
+                " VALUES ('execution', CAST(:p AS jsonb), 0)"
+            ),
+            {"p": json.dumps(payload)},
+        )
+
+    def delivered() -> bool:
+        with stack.engine().connect() as conn:
+            left = conn.execute(
+                text("SELECT count(*) FROM event_outbox WHERE payload->>'subject' = :s"), {"s": tag}
+            ).scalar_one()
+        return left == 0
+
+    stack.wait_for(delivered, timeout=30, what="both copies delivered")
+    assert len(stack.get("compliance", f"/audit?subject={tag}").json()["items"]) == 1
+
+
+def test_risk_counts_our_resting_orders(stack: Stack) -> None:
+    """Execution sends its open orders with every check: a resting buy counts against the
+    position a new buy would make (as if both filled); a reduce-only one would not."""
+    bid = Decimal(stack.get("execution", "/ticker/sim/BTC-USDT").json()["bid"])
+    below = (bid * Decimal("0.97")).quantize(Decimal("0.01"))  # inside risk's price collar
+    rest = order(stack, type="limit", amount="0.0021", price=str(below), client_order_id=new_cid())
+    assert rest.status_code == 201 and rest.json()["status"] == "open", rest.text
+    try:
+        open_buys = [
+            o
+            for o in stack.get("execution", "/orders/sim?symbol=BTC/USDT&status=open").json()
+            if o["side"] == "buy" and not o["reduce_only"]
+        ]
+        resting = sum((Decimal(o["amount"]) - Decimal(o["filled"]) for o in open_buys), Decimal(0))
+        assert resting >= Decimal("0.0021")  # ours, and any another test left resting
+        cid = new_cid("worst")
+        assert order(stack, amount="0.001", client_order_id=cid).status_code == 201
+        with stack.engine().connect() as conn:
+            checks = conn.execute(
+                text("SELECT checks FROM risk_checks WHERE client_order_id = :c"), {"c": cid}
+            ).scalar_one()
+        position = next(c for c in checks if c["rule"] == "max_position_pct")
+        shown = format(resting.normalize(), "f")
+        assert f"({shown} of it in resting orders)" in position["detail"], position
+    finally:
+        cancelled = httpx.delete(
+            stack.url("execution") + f"/orders/sim/{rest.json()['id']}",
+            headers=stack.auth(),
+            timeout=30,
+        )
+        assert cancelled.json()["status"] == "cancelled", cancelled.text

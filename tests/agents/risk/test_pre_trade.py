@@ -125,6 +125,65 @@ def test_max_position_pct_counts_the_resulting_position(risk: Risk) -> None:
     assert "shrinks" in detail(approved(risk, shrunk), "max_position_pct")
 
 
+def resting(side: str, amount: str, price: str = "50000", **extra: Any) -> dict[str, Any]:
+    return {
+        "exchange": "sim",
+        "symbol": "BTC/USDT",
+        "side": side,
+        "amount": amount,
+        "price": price,
+        "reduce_only": False,
+        **extra,
+    }
+
+
+def test_resting_orders_that_would_grow_the_position_count_against_it(risk: Risk) -> None:
+    """The worst case in the order's direction: every resting order on its side fills."""
+    held = {"positions": [long_btc("0.3", stop_loss=None)], "open_orders": [resting("buy", "0.2")]}
+    order = risk.order(amount="0.1", stop_loss="49900", portfolio=held)  # 0.3 + 0.2 + 0.1
+    decision = rejected_by(risk, order, "max_position_pct")
+    assert "0.6 (0.2 of it in resting orders)" in detail(decision, "max_position_pct")
+    assert "0.3000 > max_position_pct 0.25" in detail(decision, "max_position_pct")
+    # Orders that would not grow it do not count: the other side, reduce-only, another market.
+    for other in (
+        resting("sell", "0.2", "52000"),
+        resting("buy", "0.2", reduce_only=True),
+        resting("buy", "0.2", symbol="ETH/USDT", price="3000"),
+    ):
+        book = {"positions": [long_btc("0.3", stop_loss=None)], "open_orders": [other]}
+        approved(risk, risk.order(amount="0.1", stop_loss="49900", portfolio=book))
+
+
+def test_resting_orders_count_in_gross_exposure_and_heat(risk: Risk) -> None:
+    # Resting ETH buys: 32 x 3000 = 96000 of gross exposure if they fill.
+    eth_bids = [resting("buy", "32", symbol="ETH/USDT", price="3000")]
+    order = risk.order(amount="0.1", stop_loss="49900", portfolio={"open_orders": eth_bids})
+    decision = rejected_by(risk, order, "max_gross_exposure_pct")  # 96000 + 5000
+    assert "101000.00" in detail(decision, "max_gross_exposure_pct")
+    # A short ETH position: resting sells grow it, resting buys only reduce it.
+    short = {
+        "exchange": "sim",
+        "symbol": "ETH/USDT",
+        "amount": "-1",
+        "entry_price": "3000",
+        "mark_price": "3000",
+        "stop_loss": "3050",
+    }
+    buys = {"positions": [short], "open_orders": eth_bids}
+    approved(risk, risk.order(amount="0.1", stop_loss="49900", portfolio=buys))
+    # Heat: resting orders have no stop yet and count at the default stop (5 %): a resting
+    # BTC buy 0.1 x 50000 x 0.05 = 250, resting ETH sells that grow the short 15 x 3000 x
+    # 0.05 = 2250; with the short's own 50 and this order's 0.1 x 35000 = 3500: 6050.
+    sells = [resting("sell", "15", symbol="ETH/USDT", price="3000")]
+    hot = {"positions": [short], "open_orders": [resting("buy", "0.1"), *sells]}
+    decision = rejected_by(
+        risk, risk.order(amount="0.1", stop_loss="15000", portfolio=hot), "max_heat_pct"
+    )
+    assert "6050.00 at risk" in detail(decision, "max_heat_pct")
+    cooler = {"positions": [short], "open_orders": [resting("buy", "0.1")]}  # 3800
+    approved(risk, risk.order(amount="0.1", stop_loss="15000", portfolio=cooler))
+
+
 def test_max_gross_exposure_pct(risk: Risk) -> None:
     eth = {
         "exchange": "sim",

@@ -21,6 +21,7 @@ from agents.risk.rules import CheckContext, RecentOrder
 from agents.risk.schemas import Limits
 from common.contracts import (
     MarketRules,
+    OpenOrder,
     OrderSide,
     OrderType,
     PortfolioView,
@@ -56,6 +57,15 @@ positions = st.builds(
     entry_price=dec("1", "1000", 2),
     mark_price=dec("1", "1000", 2),
     stop_loss=st.none() | dec("1", "1000", 2),
+)
+open_orders = st.builds(
+    OpenOrder,
+    exchange=st.sampled_from(EXCHANGES),
+    symbol=st.sampled_from(SYMBOLS),
+    side=st.sampled_from(list(OrderSide)),
+    amount=mostly(dec("0.001", "0.5", 3), dec("0.001", "5", 3)),
+    price=dec("1", "1000", 2),
+    reduce_only=mostly(st.just(False), st.just(True)),
 )
 limits_ = st.builds(
     Limits,
@@ -106,6 +116,7 @@ def requests(draw: st.DrawFn) -> PreTradeRequest:
             cash=equity,
             positions=draw(st.lists(positions, max_size=3)),
             realized_pnl_today=draw(mostly(dec("-100", "1000", 2), dec("-5000", "1000", 2))),
+            open_orders=draw(st.lists(open_orders, max_size=3)),
         ),
     )
 
@@ -183,12 +194,68 @@ def measure(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> Measured
     if price is not None:
         amounts["max_order_notional"] = req.amount * price
     if price is not None and book.equity > 0:
+        # Worst case: the resting orders that would grow a position fill too.
+        mine = [
+            o
+            for o in book.open_orders
+            if (o.exchange, o.symbol) == (req.exchange, req.symbol)
+            and o.side is req.side
+            and not o.reduce_only
+        ]
+        more = sum((o.amount for o in mine), Decimal(0))
+        worst = after + (more if req.side is OrderSide.buy else -more)
+        elsewhere = _growth_elsewhere(req)
         others = [p for p in book.positions if p not in here]
-        gross = sum((abs(p.amount) * p.mark_price for p in others), Decimal(0))
-        amounts["max_position_pct"] = abs(after) * price / book.equity
-        amounts["max_gross_exposure_pct"] = (gross + abs(after) * price) / book.equity
-        amounts["max_heat_pct"] = _lots_at_risk(req, limits, price) / book.equity
+        gross = sum((abs(p.amount) * p.mark_price for p in others), Decimal(0)) + elsewhere
+        amounts["max_position_pct"] = abs(worst) * price / book.equity
+        amounts["max_gross_exposure_pct"] = (gross + abs(worst) * price) / book.equity
+        resting_risk = (elsewhere + sum((o.amount * o.price for o in mine), Decimal(0))) * (
+            limits.default_stop_pct
+        )
+        heat = _lots_at_risk(req, limits, price)
+        if not smaller:
+            heat += resting_risk
+        else:
+            heat += elsewhere * limits.default_stop_pct
+        amounts["max_heat_pct"] = heat / book.equity
     return Measured(smaller, price, amounts)
+
+
+def _growth_elsewhere(req: PreTradeRequest) -> Decimal:
+    """Notional our resting orders add in other markets: per market, the side its position
+    is on (the larger side when flat); reduce-only orders never."""
+    total = Decimal(0)
+    for exchange in EXCHANGES:
+        for symbol in SYMBOLS:
+            if (exchange, symbol) == (req.exchange, req.symbol):
+                continue
+            held = sum(
+                (
+                    p.amount
+                    for p in req.portfolio.positions
+                    if (p.exchange, p.symbol) == (exchange, symbol)
+                ),
+                Decimal(0),
+            )
+            notional = {
+                side: sum(
+                    (
+                        o.amount * o.price
+                        for o in req.portfolio.open_orders
+                        if (o.exchange, o.symbol, o.side) == (exchange, symbol, side)
+                        and not o.reduce_only
+                    ),
+                    Decimal(0),
+                )
+                for side in OrderSide
+            }
+            if held > 0:
+                total += notional[OrderSide.buy]
+            elif held < 0:
+                total += notional[OrderSide.sell]
+            else:
+                total += max(notional.values())
+    return total
 
 
 def broken_limits(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> list[str]:
@@ -324,6 +391,8 @@ POSITIVE_FIELDS = [
     ("market", "amount_step"),
     ("market", "price_step"),
     ("portfolio", "positions", 0, "stop_loss"),
+    ("portfolio", "open_orders", 0, "amount"),
+    ("portfolio", "open_orders", 0, "price"),
 ]
 
 
@@ -351,6 +420,15 @@ def valid_request() -> dict[str, Any]:
                     "entry_price": "3000",
                     "mark_price": "3000",
                     "stop_loss": "2900",
+                }
+            ],
+            "open_orders": [
+                {
+                    "exchange": "sim",
+                    "symbol": "BTC/USDT",
+                    "side": "buy",
+                    "amount": "0.05",
+                    "price": "49000",
                 }
             ],
         },
