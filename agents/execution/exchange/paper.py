@@ -40,14 +40,19 @@ from agents.execution.exchange.base import (
 )
 from agents.execution.exchange.errors import (
     BadSymbol,
-    DuplicateOrder,
     ExchangeError,
     InvalidOrder,
     OrderNotFound,
 )
 from agents.execution.exchange.sim_engine import Engine
 from agents.execution.exchange.sim_markets import Fees, Level
-from agents.execution.exchange.sim_rules import OrderRequest, parse_request, watched_level
+from agents.execution.exchange.sim_rules import (
+    OrderRequest,
+    check_unused,
+    parse_pair,
+    parse_request,
+    watched_level,
+)
 from agents.execution.exchange.sim_state import Ledger, SimOrder, StateStore
 from common.contracts import OrderSide, OrderType
 
@@ -207,23 +212,15 @@ class PaperExchange(ExchangeAdapter):
         self._check_open()
         market = await self._market(symbol)
         with self._named_errors():
-            stop, target = (
-                parse_request(market, side, kind, amount, None, trigger, cid)
-                for kind, trigger, cid in zip(
-                    (OrderType.stop_loss, OrderType.take_profit),
-                    (stop_loss, take_profit),
-                    client_order_ids,
-                    strict=True,
-                )
-            )
+            requests = parse_pair(market, side, amount, stop_loss, take_profit, client_order_ids)
             for cid in client_order_ids:
                 self._check_duplicate(cid)
-            book = await self._book_for(market, stop)
+            book = await self._book_for(market, requests[0])
             async with self._lock:
                 for cid in client_order_ids:
                     self._check_duplicate(cid)
                 engine = PaperEngine(self._ledger, market, self.fees(market), book)
-                legs = engine.place_pair(stop, target, self.now_ms())
+                legs = engine.place_pair(*requests, self.now_ms())
                 await self._save()
                 return self._view(legs[0]), self._view(legs[1])
 
@@ -363,14 +360,7 @@ class PaperExchange(ExchangeAdapter):
             raise ExchangeError(f"paper {self.id} is closed", exchange=self.id)
 
     def _check_duplicate(self, client_order_id: str) -> None:
-        existing = self._ledger.by_client_id.get(client_order_id)
-        if existing is not None:
-            raise DuplicateOrder(
-                f"client_order_id {client_order_id!r} is already used by order {existing}; "
-                "no new order was created",
-                existing_order_id=existing,
-                exchange=self.id,
-            )
+        check_unused(self._ledger.by_client_id, client_order_id, self.id)
 
     def _find(self, order_id: str, symbol: str) -> SimOrder:
         order = self._ledger.orders.get(order_id)

@@ -35,7 +35,6 @@ from agents.execution.exchange.errors import (
     AuthenticationError,
     BadRequest,
     BadSymbol,
-    DuplicateOrder,
     ExchangeError,
     ExchangeTimeout,
     InvalidOrder,
@@ -46,7 +45,7 @@ from agents.execution.exchange.errors import (
 from agents.execution.exchange.sim_engine import Engine
 from agents.execution.exchange.sim_markets import DEFAULT_MARKETS, Fees, MarketSpec
 from agents.execution.exchange.sim_prices import EPOCH_MS, MINUTE_MS, TIMEFRAMES, shared_path
-from agents.execution.exchange.sim_rules import parse_request
+from agents.execution.exchange.sim_rules import check_unused, parse_pair, parse_request
 from agents.execution.exchange.sim_state import Ledger, SimOrder, StateStore
 from common.contracts import OrderSide, OrderType
 from common.money import to_step
@@ -297,7 +296,7 @@ class SimExchange(ExchangeAdapter):
         request = parse_request(spec, side, type, amount, price, stop_price, client_order_id)
         async with self._lock:
             now = await self._sync_locked()
-            self._check_unused(client_order_id)
+            check_unused(self._ledger.by_client_id, client_order_id, "sim")
             order = self._engine.place(request, now)
             await self._save()
             return self._view(order)
@@ -314,19 +313,11 @@ class SimExchange(ExchangeAdapter):
         client_order_ids: tuple[str, str],
     ) -> tuple[ExchangeOrder, ExchangeOrder]:
         spec = self._spec(symbol)
-        stop, target = (
-            parse_request(spec, side, kind, amount, None, trigger, cid)
-            for kind, trigger, cid in zip(
-                (OrderType.stop_loss, OrderType.take_profit),
-                (stop_loss, take_profit),
-                client_order_ids,
-                strict=True,
-            )
-        )
+        stop, target = parse_pair(spec, side, amount, stop_loss, take_profit, client_order_ids)
         async with self._lock:
             now = await self._sync_locked()
             for cid in client_order_ids:
-                self._check_unused(cid)
+                check_unused(self._ledger.by_client_id, cid, "sim")
             legs = self._engine.place_pair(stop, target, now)
             await self._save()
             return self._view(legs[0]), self._view(legs[1])
@@ -412,16 +403,6 @@ class SimExchange(ExchangeAdapter):
                 f"unknown symbol {symbol!r}; sim lists {', '.join(self._specs)}", exchange="sim"
             )
         return spec
-
-    def _check_unused(self, client_order_id: str) -> None:
-        existing = self._ledger.by_client_id.get(client_order_id)
-        if existing is not None:
-            raise DuplicateOrder(
-                f"client_order_id {client_order_id!r} is already used by order {existing}; "
-                "no new order was created",
-                existing_order_id=existing,
-                exchange="sim",
-            )
 
     def _find(self, order_id: str, symbol: str) -> SimOrder:
         order = self._ledger.orders.get(order_id)

@@ -24,7 +24,6 @@ from agents.execution.exchange.sim_rules import (
     Listing,
     OrderRequest,
     check_against_market,
-    check_pair,
     reservation,
     watched_level,
 )
@@ -73,13 +72,12 @@ class Engine:
     def place_pair(
         self, stop: OrderRequest, target: OrderRequest, now: int
     ) -> tuple[SimOrder, SimOrder]:
-        """Accept a one-cancels-the-other pair (`check_pair`): a stop_loss and a
+        """Accept a one-cancels-the-other pair (from `parse_pair`): a stop_loss and a
         take_profit for the same amount on the same side. Both wait; the first to trigger
         cancels the other, and so does cancelling either. The pair holds one reservation,
         the larger leg's, on its stop."""
         spec = self.specs[stop.symbol]
         book = self.book(stop.symbol, now)
-        check_pair(stop, target)
         for request in (stop, target):
             check_against_market(spec, request, book)
         legs = self._new_order(spec, stop, now), self._new_order(spec, target, now)

@@ -15,7 +15,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
-from agents.execution.exchange.errors import InvalidOrder
+from agents.execution.exchange.errors import DuplicateOrder, InvalidOrder
 from agents.execution.exchange.sim_markets import Fees
 from agents.execution.exchange.sim_state import SimOrder
 from common.contracts import OrderSide, OrderType
@@ -97,6 +97,35 @@ def parse_request(
     _check_amount(spec, request.amount)
     _check_prices(spec, request)
     return request
+
+
+def parse_pair(
+    spec: Listing,
+    side: OrderSide | str,
+    amount: object,
+    stop_loss: object,
+    take_profit: object,
+    client_order_ids: tuple[str, str],
+) -> tuple[OrderRequest, OrderRequest]:
+    """The two legs of a one-cancels-the-other pair, each checked like an order: a
+    stop_loss and a take_profit at market, on `side`, for `amount`."""
+    stop_id, target_id = client_order_ids
+    stop = parse_request(spec, side, OrderType.stop_loss, amount, None, stop_loss, stop_id)
+    target = parse_request(spec, side, OrderType.take_profit, amount, None, take_profit, target_id)
+    check_pair(stop, target)
+    return stop, target
+
+
+def check_unused(used: dict[str, str], client_order_id: str, exchange: str) -> None:
+    """Refuse a client order id this account has used already (`used`: id -> order)."""
+    existing = used.get(client_order_id)
+    if existing is not None:
+        raise DuplicateOrder(
+            f"client_order_id {client_order_id!r} is already used by order {existing}; "
+            "no new order was created",
+            existing_order_id=existing,
+            exchange=exchange,
+        )
 
 
 def check_against_market(spec: Listing, request: OrderRequest, book: Quote) -> None:
