@@ -225,12 +225,7 @@ def audit_trail(engine: Engine, pattern: str, wait_s: float = 60) -> tuple[int, 
     deadline = time.monotonic() + wait_s
     with engine.connect() as conn:
         while True:
-            queued = conn.execute(
-                text(
-                    "SELECT (SELECT count(*) FROM event_outbox)"
-                    " + (SELECT count(*) FROM risk_audit_outbox WHERE delivered_at IS NULL)"
-                )
-            ).scalar_one()
+            queued = conn.execute(text("SELECT count(*) FROM event_outbox")).scalar_one()
             conn.commit()
             if queued == 0 or time.monotonic() > deadline:
                 break

@@ -7,7 +7,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,9 +28,12 @@ REFUSED_RETRY_S = 300.0
 def record(session: Session, service: str, event: AuditEventIn) -> None:
     """Queue `event` in the caller's transaction: it exists exactly when the change does.
     It gets an `event_id`, so that sending it again (an answer lost to a timeout or a
-    crash) does not append it twice at compliance."""
+    crash) does not append it twice at compliance, and its data the time it happened,
+    `occurred_at` (compliance stamps when it arrives, which an outage delays)."""
+    update: dict[str, Any] = {"data": {"occurred_at": datetime.now(UTC).isoformat(), **event.data}}
     if event.event_id is None:
-        event = event.model_copy(update={"event_id": uuid.uuid4().hex})
+        update["event_id"] = uuid.uuid4().hex
+    event = event.model_copy(update=update)
     session.add(OutboxEvent(service=service, payload=event.model_dump(mode="json"), attempts=0))
 
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import Column, MetaData, Table, text
+from alembic import command
+from sqlalchemy import Column, MetaData, Table, create_engine, text
 
+from common import migrations
 from common.auth import api_token_path
 from common.clients import Agents
 from common.db import LoopWriter, make_time_series
@@ -300,6 +302,62 @@ def test_migrations_are_at_every_head(stack: Stack) -> None:
     with stack.engine().connect() as conn:
         applied = set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
     assert applied == heads() and "0001" not in applied - heads()
+
+
+def test_risks_queued_audit_events_move_to_the_kit_outbox(stack: Stack) -> None:
+    """risk_0002: events risk had queued in its own table go on from `event_outbox`, in
+    order, with their ids and times; delivered ones stay behind; down and up again."""
+    url = stack.settings.resolved_database_url()
+    base, _ = url.rsplit("/", 1)
+    admin = create_engine(base + "/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS migrate_risk"))
+        conn.execute(text("CREATE DATABASE migrate_risk"))
+    scratch_url = base + "/migrate_risk"
+    scratch = create_engine(scratch_url)
+    try:
+        migrations.upgrade(scratch_url)
+        command.downgrade(migrations.alembic_config(scratch_url), "risk_0001")
+        with scratch.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO risk_audit_outbox (event_id, kind, actor, subject, data,"
+                    " attempts, last_error, delivered_at) VALUES"
+                    " ('e-1', 'risk.halted', 'operator', 's', '{\"reason\": \"a\"}', 0, NULL,"
+                    " now()),"
+                    " ('e-2', 'risk.resumed', 'operator', 's', '{\"reason\": \"b\"}', 3,"
+                    " 'compliance unreachable', NULL),"
+                    " ('e-3', 'risk.checked', 'risk', 'o-1', '{}', 0, NULL, NULL)"
+                )
+            )
+        migrations.upgrade(scratch_url)
+        with scratch.connect() as conn:
+            moved = conn.execute(
+                text("SELECT service, payload, attempts, last_error FROM event_outbox ORDER BY id")
+            ).all()
+            gone = conn.execute(text("SELECT to_regclass('risk_audit_outbox')")).scalar()
+        assert gone is None
+        assert [(m.service, m.payload["event_id"], m.payload["kind"]) for m in moved] == [
+            ("risk", "e-2", "risk.resumed"),
+            ("risk", "e-3", "risk.checked"),
+        ]
+        assert moved[0].payload["data"]["reason"] == "b" and moved[0].attempts == 3
+        assert moved[0].payload["data"]["occurred_at"].endswith("+00:00")
+        assert moved[0].last_error == "compliance unreachable"
+        # Down again: the queue goes back to risk's table.
+        command.downgrade(migrations.alembic_config(scratch_url), "risk_0001")
+        with scratch.connect() as conn:
+            back = conn.execute(
+                text("SELECT event_id, kind FROM risk_audit_outbox ORDER BY id")
+            ).all()
+            left = conn.execute(text("SELECT count(*) FROM event_outbox")).scalar_one()
+        assert [tuple(r) for r in back] == [("e-2", "risk.resumed"), ("e-3", "risk.checked")]
+        assert left == 0
+    finally:
+        scratch.dispose()
+        with admin.connect() as conn:
+            conn.execute(text("DROP DATABASE IF EXISTS migrate_risk"))
+        admin.dispose()
 
 
 # --- logging -------------------------------------------------------------------------

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from agents.risk.rules import RecentOrder
-from common.contracts import CheckResult, PreTradeRequest
+from common import outbox
+from common.contracts import AuditEventIn, CheckResult, PreTradeRequest
 from common.models.risk import (
-    RiskAuditOutbox,
     RiskCheck,
     RiskEquityPeak,
     RiskEquitySnapshot,
@@ -247,56 +246,10 @@ def equity_series(
     return points
 
 
-# --- audit outbox --------------------------------------------------------------------------
+# --- audit events ---------------------------------------------------------------------------
 def enqueue_audit(
     session: Session, kind: str, actor: str, subject: str | None, data: dict[str, Any]
 ) -> None:
-    """Write an audit event next to the change it describes; the outbox flusher sends it."""
-    session.add(
-        RiskAuditOutbox(
-            event_id=str(uuid.uuid4()),
-            kind=kind,
-            actor=actor,
-            subject=subject,
-            data=data,
-            attempts=0,
-        )
-    )
-
-
-def pending_audit(session: Session, limit: int) -> Sequence[RiskAuditOutbox]:
-    query = (
-        select(RiskAuditOutbox)
-        .where(
-            RiskAuditOutbox.delivered_at.is_(None),
-            RiskAuditOutbox.next_attempt_at <= func.now(),
-        )
-        .order_by(RiskAuditOutbox.id)
-        .limit(limit)
-    )
-    return session.execute(query).scalars().all()
-
-
-def mark_delivered(session: Session, event_ids: list[int]) -> None:
-    session.execute(
-        update(RiskAuditOutbox)
-        .where(RiskAuditOutbox.id.in_(event_ids))
-        .values(
-            delivered_at=func.now(),
-            last_attempt_at=func.now(),
-            attempts=RiskAuditOutbox.attempts + 1,
-        )
-    )
-
-
-def mark_failed(session: Session, event_id: int, error: str, retry_after_s: float) -> None:
-    session.execute(
-        update(RiskAuditOutbox)
-        .where(RiskAuditOutbox.id == event_id)
-        .values(
-            attempts=RiskAuditOutbox.attempts + 1,
-            last_error=error[:1000],
-            last_attempt_at=func.now(),
-            next_attempt_at=func.now() + timedelta(seconds=retry_after_s),
-        )
-    )
+    """Queue an audit event in the transaction of the change it describes (the kit's
+    outbox: its relay delivers it to compliance)."""
+    outbox.record(session, "risk", AuditEventIn(kind=kind, actor=actor, subject=subject, data=data))

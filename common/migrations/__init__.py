@@ -25,6 +25,14 @@ def upgrade(url: str, revision: str = "heads") -> None:
 
 
 def heads() -> set[str]:
+    """What `alembic_version` holds once every migration is applied: the script's heads,
+    less those another revision `depends_on` (alembic folds a dependency into the
+    revision that depends on it, as a partial merge)."""
     from alembic.script import ScriptDirectory
 
-    return set(ScriptDirectory.from_config(alembic_config("postgresql://")).get_heads())
+    script = ScriptDirectory.from_config(alembic_config("postgresql://"))
+    depended: set[str] = set()
+    for revision in script.walk_revisions():
+        found = revision.dependencies or ()
+        depended.update((found,) if isinstance(found, str) else found)
+    return set(script.get_heads()) - depended

@@ -14,7 +14,6 @@ from common.models.execution import Fill, Order, Position
 from common.models.market_data import Ohlcv, OhlcvFetchJob
 from common.models.outbox import OutboxEvent
 from common.models.risk import (
-    RiskAuditOutbox,
     RiskCheck,
     RiskEquityPeak,
     RiskEquitySnapshot,
@@ -43,7 +42,6 @@ __all__ = [
     "OutboxEvent",
     "PolicyDecision",
     "Position",
-    "RiskAuditOutbox",
     "RiskCheck",
     "RiskEquityPeak",
     "RiskEquitySnapshot",

@@ -18,7 +18,6 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
-    func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -129,29 +128,3 @@ class RiskEquitySnapshot(Base):
     gross_exposure: Mapped[Decimal] = mapped_column(ledger_numeric())
     net_exposure: Mapped[Decimal] = mapped_column(ledger_numeric())
     positions: Mapped[list[dict[str, Any]]] = mapped_column(JSONB)
-
-
-class RiskAuditOutbox(Base):
-    """Audit events written with the change they describe, delivered to compliance later.
-
-    A compliance outage never blocks or loses an event: the flusher retries until
-    compliance accepts it, oldest first. `event_id` travels in the event's data so
-    compliance can drop a redelivery.
-    """
-
-    __tablename__ = "risk_audit_outbox"
-
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    event_id: Mapped[str] = mapped_column(String(36), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    kind: Mapped[str] = mapped_column(String(64))
-    actor: Mapped[str] = mapped_column(String(64))
-    subject: Mapped[str | None] = mapped_column(String(128))
-    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    last_error: Mapped[str | None] = mapped_column(Text)
-    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    next_attempt_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)

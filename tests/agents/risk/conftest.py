@@ -110,11 +110,23 @@ class Risk(AgentClient):
         return body
 
     # --- tables ---------------------------------------------------------------------------
-    def outbox_after(self, last_id: int, kind: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM risk_audit_outbox WHERE id > :last_id"
-        if kind is not None:
-            sql += " AND kind = :kind"
-        return self.rows(sql + " ORDER BY id", last_id=last_id, kind=kind)
+    def audited(self, mark: int, kind: str, count: int = 1) -> list[dict[str, Any]]:
+        """Risk's events of `kind` in compliance's audit log after row `mark`, once there
+        are `count` of them (they travel through risk's outbox, a moment after the change)."""
+
+        def arrived() -> list[dict[str, Any]] | None:
+            rows = self.rows(
+                "SELECT * FROM audit_events WHERE id > :mark AND kind = :kind"
+                " AND actor = 'risk' ORDER BY id",
+                mark=mark,
+                kind=kind,
+            )
+            return rows if len(rows) >= count else None
+
+        found: list[dict[str, Any]] = self.stack.wait_for(
+            arrived, timeout=30, what=f"{count} {kind} event(s) from risk at compliance"
+        )
+        return found
 
     def broadcast_during(self, action: Callable[[], Any]) -> tuple[Any, dict[str, Any]]:
         """Run `action` while subscribed to the trading-state channel: (its result, the
@@ -139,8 +151,19 @@ class Risk(AgentClient):
 
         return asyncio.run(listen())
 
-    def outbox_mark(self) -> int:
-        return int(self.rows("SELECT coalesce(max(id), 0) AS id FROM risk_audit_outbox")[0]["id"])
+    def audit_mark(self) -> int:
+        """The newest row of compliance's audit log once risk's queue has drained, so that
+        what comes after it is new (not an earlier change's event arriving late)."""
+
+        def drained() -> bool:
+            [row] = self.rows(
+                "SELECT count(*) AS n FROM event_outbox WHERE service = 'risk'"
+                " AND next_attempt_at <= now()"
+            )
+            return int(row["n"]) == 0
+
+        self.stack.wait_for(drained, timeout=30, what="risk's audit queue to drain")
+        return int(self.rows("SELECT coalesce(max(id), 0) AS id FROM audit_events")[0]["id"])
 
 
 def failed(decision: dict[str, Any]) -> set[str]:

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("baseline")
 
 # --- limits --------------------------------------------------------------------------------
 def test_put_changes_only_the_limits_sent_and_is_audited(risk: Risk) -> None:
-    mark = risk.outbox_mark()
+    mark = risk.audit_mark()
     before = risk.ok(risk.get("/limits"))
     after = risk.ok(risk.put("/limits", {"max_order_notional": "5000", "max_heat_pct": "0.04"}))
     assert after["max_order_notional"] == "5000" and after["max_heat_pct"] == "0.04"
@@ -22,7 +22,7 @@ def test_put_changes_only_the_limits_sent_and_is_audited(risk: Risk) -> None:
     assert {k: after[k] for k in untouched} == {k: before[k] for k in untouched}
     assert after["updated_by"] == "operator" and after["updated_at"]
     assert risk.ok(risk.get("/limits")) == after
-    [event] = risk.outbox_after(mark, "risk.limits_changed")
+    [event] = risk.audited(mark, "risk.limits_changed")
     assert event["data"]["old"]["max_order_notional"] == "10000"
     assert event["data"]["new"]["max_order_notional"] == "5000"
     assert event["data"]["changed"] == ["max_heat_pct", "max_order_notional"]

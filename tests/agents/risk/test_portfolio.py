@@ -121,12 +121,12 @@ def test_a_snapshot_past_the_drawdown_limit_halts_trading(risk: Risk) -> None:
 def test_only_the_operator_resets_the_peak(risk: Risk) -> None:
     refused = risk.post("/drawdown/reset", {"reason": "x", "equity": "1"}, token=risk.service_token)
     assert refused.status_code == 403
-    mark = risk.outbox_mark()
+    mark = risk.audit_mark()
     body = risk.ok(
         risk.post("/drawdown/reset", {"reason": "withdrawal of 20000", "equity": "80000"})
     )
     assert Decimal(body["peak_equity"]) == 80000
-    [event] = risk.outbox_after(mark, "risk.peak_reset")
+    [event] = risk.audited(mark, "risk.peak_reset")
     assert (
         event["data"]["old_peak"].startswith("100000")
         and event["data"]["reason"] == "withdrawal of 20000"

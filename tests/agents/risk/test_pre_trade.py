@@ -58,14 +58,14 @@ def approved(risk: Risk, order: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_good_order_passes_every_rule_and_is_stored(risk: Risk) -> None:
-    mark = risk.outbox_mark()
+    mark = risk.audit_mark()
     order = risk.order()
     decision = approved(risk, order)
     assert {c["rule"] for c in decision["checks"]} == RULES
     assert decision["state"] == "ACTIVE"
     stored = risk.ok(risk.get(f"/checks/{order['client_order_id']}"))
     assert stored[0]["approved"] is True and stored[0]["requested_by"] == "operator"
-    [event] = risk.outbox_after(mark, "risk.checked")
+    [event] = risk.audited(mark, "risk.checked")
     assert event["subject"] == order["client_order_id"] and event["data"]["approved"] is True
 
 
@@ -242,7 +242,7 @@ def test_daily_loss_limit_allows_only_reduce_only(risk: Risk) -> None:
 
 
 def test_max_drawdown_breach_halts_trading(risk: Risk) -> None:
-    mark = risk.outbox_mark()
+    mark = risk.audit_mark()
     try:
         decision = risk.check(risk.order(portfolio={"equity": "75000", "cash": "75000"}))
         assert decision["approved"] is False and decision["state"] == "HALTED"
@@ -251,7 +251,7 @@ def test_max_drawdown_breach_halts_trading(risk: Risk) -> None:
         state = risk.state()
         assert state["state"] == "HALTED" and state["changed_by"] == "risk"
         assert "equity 75000.00 is 0.2500 below peak 100000.00" in state["reason"]
-        [event] = risk.outbox_after(mark, "risk.halted")
+        [event] = risk.audited(mark, "risk.halted")
         assert event["data"]["automatic"] is True
     finally:
         risk.resume()

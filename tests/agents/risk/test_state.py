@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
+from datetime import datetime
 from typing import Any
 
-import httpx
 import pytest
-from sqlalchemy import text
 
 from tests.agents.risk.conftest import Risk
 
@@ -37,7 +35,7 @@ def test_halt_survives_a_restart_until_resumed(risk: Risk) -> None:
 
 
 def test_halting_twice_updates_the_reason(risk: Risk) -> None:
-    mark = risk.outbox_mark()
+    mark = risk.audit_mark()
     try:
         risk.halt("first reason")
         again = risk.halt("second reason")
@@ -45,12 +43,12 @@ def test_halting_twice_updates_the_reason(risk: Risk) -> None:
         assert risk.state()["reason"] == "second reason"
         history = risk.ok(risk.get("/state/history", params={"limit": 2}))
         assert [h["reason"] for h in history] == ["second reason", "first reason"]
-        events = risk.outbox_after(mark, "risk.halted")
+        events = risk.audited(mark, "risk.halted", 2)
         assert [e["data"]["reason"] for e in events] == ["first reason", "second reason"]
-        assert all(e["actor"] == "operator" for e in events)
+        assert all(e["on_behalf_of"] == "operator" for e in events)  # risk, for the operator
     finally:
         risk.resume()
-    [resumed] = risk.outbox_after(mark, "risk.resumed")
+    [resumed] = risk.audited(mark, "risk.resumed")
     assert resumed["data"]["previous_state"] == "HALTED"
 
 
@@ -114,55 +112,43 @@ def test_halt_succeeds_with_execution_and_redis_down(risk: Risk) -> None:
 
 
 def test_halt_succeeds_while_compliance_is_down_and_the_event_waits(risk: Risk) -> None:
-    """Events go out oldest first, so retries show on the head of the queue; the halt's
-    event waits behind it, undelivered, until compliance takes what is ahead of it."""
+    """Events go out oldest first, so retries show on the head of risk's queue; the halt's
+    event waits behind it until compliance is back, then reaches the audit log."""
     stack = risk.stack
-    mark = risk.outbox_mark()
+    mark = risk.rows("SELECT coalesce(max(id), 0) AS id FROM event_outbox")[0]["id"]
+    audit_mark = risk.audit_mark()
     stack.volex("stop", "compliance")
     try:
         change = risk.halt("compliance outage test")
         assert change["state"]["state"] == "HALTED"
-        [event] = risk.outbox_after(mark, "risk.halted")
-        assert event["delivered_at"] is None
+        [event] = risk.rows(
+            "SELECT * FROM event_outbox WHERE service = 'risk' AND id > :mark"
+            " AND payload->>'kind' = 'risk.halted'",
+            mark=mark,
+        )
 
         def head_retried_while_down() -> dict[str, Any] | None:
-            head = _head(risk)
+            head = risk.rows(
+                "SELECT * FROM event_outbox WHERE service = 'risk' ORDER BY id LIMIT 1"
+            )[0]
             unreachable = "unreachable" in (head["last_error"] or "")
             return head if head["attempts"] >= 2 and unreachable else None
 
         down = stack.wait_for(head_retried_while_down, timeout=60, what="outbox retries")
         assert down["id"] <= event["id"]
-        assert _row(risk, event["id"])["delivered_at"] is None
+        assert risk.rows("SELECT id FROM event_outbox WHERE id = :i", i=event["id"])
     finally:
         stack.volex("start", "compliance")
         risk.resume()
     stack.wait_for(lambda: stack.healthy("compliance"), timeout=60, what="compliance back")
-    paths = httpx.get(stack.url("compliance") + "/openapi.json", timeout=10).json()["paths"]
-
-    def retried_after_return() -> bool:
-        if "/audit/events" in paths:  # compliance takes audit events: ours must arrive
-            return _row(risk, event["id"])["delivered_at"] is not None
-        # Compliance is back without /audit/events (it is being built in parallel): the
-        # events are kept and retried, now failing on the missing route, not the connection.
-        head = _head(risk)
-        retried = head["id"] == down["id"] and head["attempts"] > down["attempts"]
-        return retried and "no such endpoint" in head["last_error"]
-
-    stack.wait_for(retried_after_return, timeout=90, what="outbox retry after compliance returned")
-    if "/audit/events" not in paths:
-        assert _row(risk, event["id"])["delivered_at"] is None
-
-
-def _row(risk: Risk, event_id: int) -> dict[str, Any]:
-    [row] = risk.rows("SELECT * FROM risk_audit_outbox WHERE id = :id", id=event_id)
-    return row
-
-
-def _head(risk: Risk) -> dict[str, Any]:
-    """The oldest undelivered event: the one the flusher is retrying."""
-    return risk.rows(
-        "SELECT * FROM risk_audit_outbox WHERE delivered_at IS NULL ORDER BY id LIMIT 1"
-    )[0]
+    [arrived] = risk.audited(audit_mark, "risk.halted")
+    assert arrived["data"]["reason"] == "compliance outage test"
+    assert datetime.fromisoformat(arrived["data"]["occurred_at"]) < arrived["at"]  # it waited
+    stack.wait_for(
+        lambda: not risk.rows("SELECT id FROM event_outbox WHERE id = :i", i=event["id"]),
+        timeout=30,
+        what="the delivered event gone from the queue",
+    )
 
 
 def test_halt_without_the_database_still_reaches_execution_and_says_so(risk: Risk) -> None:
@@ -182,46 +168,3 @@ def test_halt_without_the_database_still_reaches_execution_and_says_so(risk: Ris
     stack.wait_for(lambda: stack.healthy("risk"), timeout=240, what="risk to recover")
     state = risk.state()
     assert state["state"] == "ACTIVE", state  # never recorded, as the 503 said
-
-
-def test_outbox_sets_aside_an_event_compliance_refuses_and_delivers_the_rest(risk: Risk) -> None:
-    """Pending events go out together; one compliance refuses (422) must not hold back the
-    others: they are delivered, it waits for its own retry with the reason recorded."""
-    tag = uuid.uuid4().hex
-    rows = [
-        {"event_id": str(uuid.uuid4()), "subject": subject}
-        for subject in (f"{tag}-first", f"{tag}-bad\x01", f"{tag}-last")
-    ]
-    engine = risk.stack.engine()
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO risk_audit_outbox (event_id, kind, actor, subject, data, attempts)"
-                    " VALUES (:event_id, 'risk.test', 'risk', :subject, '{}', 0)"
-                ),
-                rows,
-            )
-
-        def settled() -> list[dict[str, Any]] | None:
-            found = risk.rows(
-                "SELECT * FROM risk_audit_outbox WHERE subject LIKE :tag ORDER BY id",
-                tag=f"{tag}%",
-            )
-            return found if found[0]["delivered_at"] and found[2]["delivered_at"] else None
-
-        first, bad, last = risk.stack.wait_for(settled, timeout=60, what="the good events out")
-        assert bad["delivered_at"] is None and "control characters" in bad["last_error"]
-        assert bad["next_attempt_at"] > bad["last_attempt_at"]  # set aside, not retried at once
-        with engine.connect() as conn:
-            subjects = conn.execute(
-                text("SELECT subject FROM audit_events WHERE subject LIKE :tag ORDER BY id"),
-                {"tag": f"{tag}%"},
-            ).scalars()
-            assert list(subjects) == [first["subject"], last["subject"]]
-    finally:
-        with engine.begin() as conn:  # the refused one would stay at the head of the queue
-            conn.execute(
-                text("DELETE FROM risk_audit_outbox WHERE subject LIKE :tag"), {"tag": f"{tag}%"}
-            )
-        engine.dispose()
