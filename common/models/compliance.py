@@ -85,7 +85,8 @@ class CompliancePolicy(Base):
 
 
 class PolicyDecision(Base):
-    """Every policy check and its outcome; approved ones count toward max orders per day."""
+    """Every policy check and its outcome (approved orders are counted per day in
+    `policy_day_orders` / `policy_day_counts`)."""
 
     __tablename__ = "policy_decisions"
 
@@ -103,8 +104,6 @@ class PolicyDecision(Base):
     requested_by: Mapped[str] = mapped_column(Text)
     caller: Mapped[str] = mapped_column(String(64))
     audit_id: Mapped[int | None] = mapped_column(BigInteger)
-
-    __table_args__ = (Index("ix_policy_decisions_approved_at", "approved", "at"),)
 
 
 class PolicyDayOrder(Base):
