@@ -61,8 +61,13 @@ def unsettled(session: Session, exchange: str | None = None) -> Sequence[Order]:
     return session.scalars(query.order_by(Order.id)).all()
 
 
-def live(session: Session, exchange: str | None = None) -> Sequence[Order]:
-    query = select(Order).where(Order.status.in_(LIVE))
+def live(
+    session: Session, exchange: str | None = None, *, with_unknown: bool = False
+) -> Sequence[Order]:
+    """Orders resting on an exchange; `with_unknown`, also those whose fate we are still
+    finding out (sent, no answer: they may be filled)."""
+    statuses = LIVE | {"unknown"} if with_unknown else LIVE
+    query = select(Order).where(Order.status.in_(statuses))
     if exchange:
         query = query.where(Order.exchange == exchange)
     return session.scalars(query.order_by(Order.id)).all()

@@ -103,6 +103,10 @@ class OrderService:
         self.ready = False  # set once start-up reconciliation is done
         # Attached brackets (brackets.py, wired by the app): protect a position once its
         # entry is done; cancel our legs when they hold what an order needs to sell.
+        # Orders approved and on their way to the exchange, until recorded: the next
+        # approval on the account counts them as filled (`place`).
+        self.approved: dict[int, OpenOrder] = {}
+        self.approval_locks: dict[str, asyncio.Lock] = {}
         self.after_fill: Callable[[Order], Awaitable[None]] = _nothing_after_fill
         self.make_way: Callable[[Order], Awaitable[bool]] = _no_way
 
@@ -204,36 +208,52 @@ class OrderService:
             "role": "entry",
             "requested_by": caller.name,
         }
-        # The claim and the account risk must see are independent: read the account while
-        # the claim commits. (A replay's account read is wasted; nothing is written.)
-        claimed, book = await asyncio.gather(
-            self._timed("claim", self.db(self._claim, values, caller.name)),
-            self._timed("portfolio", self.portfolio(req.exchange, req.symbol)),
-            return_exceptions=True,
-        )
-        if isinstance(claimed, BaseException):
-            raise claimed
-        order = claimed
+        # One approval at a time per account, each judged with the orders approved before
+        # it that are still on their way counted as filled (`approved`): orders sent at the
+        # same moment cannot together pass a limit that each passes alone. Inside, the claim
+        # and the account read are independent: read the account while the claim commits.
+        # (A replay's account read is wasted; nothing is written.)
+        failure: VolexError | None = None
+        async with self._approval_lock(req.exchange):
+            claimed, book = await asyncio.gather(
+                self._timed("claim", self.db(self._claim, values, caller.name)),
+                self._timed("portfolio", self.portfolio(req.exchange, req.symbol)),
+                return_exceptions=True,
+            )
+            if isinstance(claimed, BaseException):
+                raise claimed
+            order = claimed
+            if order is not None:
+                try:
+                    if isinstance(book, BaseException):
+                        raise book
+                    _check_brackets(req, mid)  # after the claim: a replay gets its order
+                    await self._approve(order, market, mid, age, book)
+                except VolexError as exc:
+                    failure = exc
+                else:
+                    self.approved[order.id] = _as_open(order, mid)
         self.wake_relay()
         if order is None:  # the client order id is taken (a retry, or a race): same order
             found = await self.db(self._find, cid)
             assert found is not None
             return _same_request(found, req), False
-        try:
-            if isinstance(book, BaseException):
-                raise book
-            _check_brackets(req, mid)  # after the claim: a replay gets its order, not a 422
-            await self._approve(order, market, mid, age, book)
-        except VolexError as exc:
-            await self.db(self._finish, order.id, "rejected", exc.message, caller.name)
-            raise
-        except ExchangeError as exc:
-            await self.db(self._finish, order.id, "rejected", str(exc), caller.name)
+        if isinstance(failure, ExchangeError):  # (an ExchangeError is a VolexError too)
+            await self.db(self._finish, order.id, "rejected", str(failure), caller.name)
             raise ServiceUnavailable(
-                f"{order.exchange} could not be read before the checks: {exc}"
-            ) from exc
-        with self._stage("send_and_record"):
-            return await self.send(order), True
+                f"{order.exchange} could not be read before the checks: {failure}"
+            ) from failure
+        if failure is not None:
+            await self.db(self._finish, order.id, "rejected", failure.message, caller.name)
+            raise failure
+        try:
+            with self._stage("send_and_record"):
+                return await self.send(order), True
+        finally:
+            self.approved.pop(order.id, None)
+
+    def _approval_lock(self, exchange: str) -> asyncio.Lock:
+        return self.approval_locks.setdefault(exchange, asyncio.Lock())
 
     async def _mark(self, exchange: str, symbol: str) -> tuple[Decimal, int]:
         try:
@@ -503,6 +523,8 @@ class OrderService:
     ) -> tuple[PortfolioView, list[RestingOrder]]:
         """The account as risk should see it, and our resting orders in `symbol`."""
         adapter = self.exchanges.get(exchange)
+        # Before the ledger is read: an order recorded in between counts twice, never not at all.
+        on_their_way = [o for o in self.approved.values() if o.exchange == exchange]
         balances = await adapter.fetch_balance()
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         rows, realized, live = await self.db(self._book, exchange, today)
@@ -522,17 +544,10 @@ class OrderService:
         cash = balances["USDT"].free if "USDT" in balances else Decimal(0)
         total_quote = balances["USDT"].total if "USDT" in balances else Decimal(0)
         equity = total_quote + sum((v.amount * v.mark_price for v in views), Decimal(0))
-        open_orders = [
-            OpenOrder(
-                exchange=exchange,
-                symbol=o.symbol,
-                side=OrderSide(o.side),
-                amount=o.amount - o.filled,
-                price=o.price or o.stop_price,
-                reduce_only=o.reduce_only,
-            )
+        open_orders = on_their_way + [
+            _as_open(o, o.price or o.stop_price or (await self._mark(exchange, o.symbol))[0])
             for o in live
-            if o.amount > o.filled and (o.price or o.stop_price)
+            if o.amount > o.filled and o.id not in self.approved
         ]
         view = PortfolioView(
             equity=max(equity, Decimal(0)),
@@ -546,7 +561,10 @@ class OrderService:
         resting = [
             RestingOrder(side=OrderSide(o.side), price=o.price, amount=o.amount - o.filled)
             for o in live
-            if o.symbol == symbol and o.price is not None and o.amount > o.filled
+            if o.symbol == symbol
+            and o.status in repo.LIVE
+            and o.price is not None
+            and o.amount > o.filled
         ]
         return view, resting
 
@@ -555,7 +573,7 @@ class OrderService:
         with self.sessions() as session:
             rows = list(repo.positions(session, exchange))
             realized = repo.realized_since(session, since)
-            live = list(repo.live(session, exchange))
+            live = list(repo.live(session, exchange, with_unknown=True))
         return rows, realized, live
 
     def _positions(self, exchange: str) -> list[Any]:
@@ -567,6 +585,19 @@ class OrderService:
             await self.agents.risk.post("/halt", json={"reason": reason, "flatten": False})
         except VolexError as exc:
             log.error("could not halt trading through risk", extra={"reason": exc.message})
+
+
+def _as_open(order: Order, price: Decimal) -> OpenOrder:
+    """An order of ours as risk counts it: what is left of it, at its price (a market
+    order's: the mark when it was approved)."""
+    return OpenOrder(
+        exchange=order.exchange,
+        symbol=order.symbol,
+        side=OrderSide(order.side),
+        amount=order.amount - order.filled,
+        price=price,
+        reduce_only=order.reduce_only,
+    )
 
 
 async def _nothing_after_fill(order: Order) -> None:

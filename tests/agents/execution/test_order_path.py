@@ -368,3 +368,51 @@ def test_risk_counts_our_resting_orders(stack: Stack) -> None:
             timeout=30,
         )
         assert cancelled.json()["status"] == "cancelled", cancelled.text
+
+
+def test_concurrent_orders_are_judged_with_each_other(stack: Stack) -> None:
+    """Orders sent at the same moment must not each be judged on a book without the
+    others: with room for one of them under max_position_pct, one fills and the rest
+    are refused naming the rule (each alone would pass)."""
+    from tests.agents.execution.conftest import _editable
+
+    sol = "SOL/USDT"
+    closed = httpx.post(
+        stack.url("execution") + "/positions/sim/close",
+        json={"symbol": sol},
+        headers=stack.auth(),
+        timeout=30,
+    )
+    assert closed.status_code == 200, closed.text
+    url = stack.url("risk") + "/limits"
+    saved = httpx.get(url, headers=stack.auth(), timeout=10).json()
+    usdt = stack.get("execution", "/balance/sim").json()["balances"]["USDT"]["total"]
+    held = stack.get("execution", "/positions/sim").json()
+    equity = Decimal(usdt) + sum(Decimal(p["amount"]) * Decimal(p["mark_price"]) for p in held)
+    mid = Decimal(stack.get("execution", "/ticker/sim/SOL-USDT").json()["last"])
+    limit = Decimal("0.02")  # of equity: room for one order of 60 % of it, not two
+    amount = (equity * limit * Decimal("0.6") / mid).quantize(Decimal("0.001"))
+    tight = {**saved, "max_position_pct": str(limit)}
+    httpx.put(url, json=_editable(tight), headers=stack.auth(), timeout=10).raise_for_status()
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            answers = list(
+                pool.map(
+                    lambda i: order(
+                        stack, symbol=sol, amount=str(amount), client_order_id=new_cid()
+                    ),
+                    range(6),
+                )
+            )
+        codes = sorted(a.status_code for a in answers)
+        assert codes == [201, 422, 422, 422, 422, 422], [a.text for a in answers]
+        refused = [a.json()["detail"] for a in answers if a.status_code == 422]
+        assert all("max_position_pct" in r for r in refused), refused
+    finally:
+        httpx.put(url, json=_editable(saved), headers=stack.auth(), timeout=10).raise_for_status()
+        httpx.post(
+            stack.url("execution") + "/positions/sim/close",
+            json={"symbol": sol},
+            headers=stack.auth(),
+            timeout=30,
+        )
