@@ -89,6 +89,7 @@ class Brackets:
         # Legs an exchange refused, per (exchange, symbol): not asked again until the
         # position wants different legs (execution's monitor protects it meanwhile).
         self.refused: dict[tuple[str, str], Legs] = {}
+        self.halt_reason: str | None = None  # set while the lock is held, acted on after
 
     # --- hooks of the order path -------------------------------------------------------
     async def after_fill(self, order: Order) -> None:
@@ -141,6 +142,9 @@ class Brackets:
                         "could not keep protective legs",
                         extra={"exchange": exchange, "symbol": name, "reason": str(exc)},
                     )
+        if self.halt_reason is not None:
+            reason, self.halt_reason = self.halt_reason, None
+            await self.orders.halt(reason)
 
     async def _keep_one(
         self,
@@ -158,7 +162,9 @@ class Brackets:
         if want is not None and self.refused.get((exchange, symbol)) == want:
             return
         for leg in legs:
-            await self.orders.cancel(leg)
+            cancelled = await self.orders.cancel(leg)
+            if cancelled.filled > leg.filled:
+                return  # it filled as we cancelled it: the position changed; next pass
         if want is not None:
             await self._place(adapter, exchange, symbol, want)
 
@@ -221,7 +227,15 @@ class Brackets:
             )
         except AuthenticationError as exc:
             await self._finish_all(claimed, "rejected", str(exc))
-            await self.orders.halt(f"{first.exchange} rejected our credentials: {exc}")
+            # Halted once the lock is released: the kill switch takes it too.
+            self.halt_reason = f"{first.exchange} rejected our credentials: {exc}"
+        except ExchangeError as exc:  # anything else: not taken; the monitor protects
+            self.refused[(first.exchange, first.symbol)] = want
+            await self._finish_all(claimed, "rejected", str(exc))
+            log.warning(
+                "protective legs not placed; execution watches the position instead",
+                extra={"exchange": first.exchange, "symbol": first.symbol, "reason": str(exc)},
+            )
         return None
 
     async def _finish_all(self, claimed: list[Order], status: str, reason: str) -> None:
@@ -250,13 +264,15 @@ class Brackets:
             return list(repo.brackets(session, exchange, ROLES, symbol))
 
     async def on_exchange(self, exchange: str, symbol: str) -> bool:
-        """Whether legs protect `symbol` on the exchange now (or may: not yet settled)."""
-        return bool(await self.orders.db(self._legs, exchange, symbol))
+        """Whether legs the exchange has confirmed protect `symbol` now. Legs not yet
+        settled (no answer yet) do not count: the monitor keeps watching meanwhile."""
+        legs = await self.orders.db(self._legs, exchange, symbol)
+        return any(leg.status in repo.LIVE for leg in legs)
 
     async def protected(self, exchange: str) -> set[str]:
-        """The symbols with legs on the exchange (or not yet settled)."""
+        """The symbols with confirmed legs on the exchange."""
         _, legs = await self.orders.db(self._book, exchange, None)
-        return set(legs)
+        return {name for name, found in legs.items() if any(o.status in repo.LIVE for o in found)}
 
 
 def _leg_values(

@@ -120,6 +120,14 @@ def position(session: Session, exchange: str, symbol: str) -> Position:
     return session.scalars(locked).one()
 
 
+def held(session: Session, exchange: str, symbol: str) -> Decimal:
+    """The position's amount now (0 when there is none); no lock."""
+    amount = session.scalar(
+        select(Position.amount).where(Position.exchange == exchange, Position.symbol == symbol)
+    )
+    return Decimal(amount or 0)
+
+
 def positions(session: Session, exchange: str | None = None) -> Sequence[Position]:
     query = select(Position).where(Position.amount != 0)
     if exchange:

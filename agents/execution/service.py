@@ -349,12 +349,14 @@ class OrderService:
         return recorded
 
     async def _send(self, order: Order) -> Order:
-        refusal = self._gate_refusal(order)
-        if refusal is not None:  # a halt landed between risk's approval and now
-            await self.db(self._finish, order.id, "rejected", refusal, SERVICE)
-            raise Conflict(refusal)
         adapter = self.exchanges.get(order.exchange)
         for attempt in (1, 2):
+            # Each time it goes out: a halt may have landed since risk's approval (or
+            # while our protective legs made way).
+            refusal = self._gate_refusal(order)
+            if refusal is not None:
+                await self.db(self._finish, order.id, "rejected", refusal, SERVICE)
+                raise Conflict(refusal)
             try:
                 ex = await adapter.create_order(
                     order.symbol,

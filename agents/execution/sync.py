@@ -191,22 +191,33 @@ class Reconciler:
                 if symbol is not None and pos.symbol != symbol:
                     continue
                 try:
-                    closed.append(await self._close_one(exchange, pos, reason, role))
+                    order = await self._close_one(exchange, pos, reason, role)
                 except (VolexError, ExchangeError) as exc:
                     errors.append(f"{pos.symbol}: {exc}")
+                    continue
+                if order is not None:
+                    closed.append(order)
         return closed, errors
 
-    async def _close_one(self, exchange: str, pos: Position, reason: str, role: str) -> Order:
+    async def _close_one(
+        self, exchange: str, pos: Position, reason: str, role: str
+    ) -> Order | None:
+        """Cancel the symbol's orders, then close what is left. The position is read again
+        after the cancels: an order that filled meanwhile (a protective leg that fired as
+        we cancelled it) has changed it. None when nothing is left to close."""
         _, cancel_errors = await self.cancel_all(exchange, pos.symbol)
         if cancel_errors:
             raise VolexError("; ".join(cancel_errors))
+        held = await self.orders.db(self._held, exchange, pos.symbol)
+        if held == 0:
+            return None
         values = {
             "client_order_id": f"{role[:8]}-{int(time.time() * 1000)}-{pos.symbol}"[:64],
             "exchange": exchange,
             "symbol": pos.symbol,
-            "side": "sell" if pos.amount > 0 else "buy",
+            "side": "sell" if held > 0 else "buy",
             "type": "market",
-            "amount": abs(pos.amount),
+            "amount": abs(held),
             "reduce_only": True,
             "role": role,
             "requested_by": SERVICE,
@@ -216,6 +227,10 @@ class Reconciler:
         if order is None:
             raise VolexError(f"close order id {values['client_order_id']} already used")
         return await self.orders.send(order)
+
+    def _held(self, exchange: str, symbol: str) -> Decimal:
+        with self.orders.sessions() as session:
+            return repo.held(session, exchange, symbol)
 
     async def cancel_all(
         self, exchange: str | None, symbol: str | None = None
@@ -243,7 +258,9 @@ class Reconciler:
             return ApplyTradingStateResult(cancelled_orders=0, closed_positions=0)
         async with self.kill_lock:
             await self._drain_in_flight()
-            cancelled, errors = await self.cancel_all(None)
+            # Under the lock that keeps protective legs: none is placed behind our back.
+            async with self.close_lock:
+                cancelled, errors = await self.cancel_all(None)
             closed = 0
             if command.flatten:
                 for exchange in self.orders.exchanges.adapters:

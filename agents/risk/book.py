@@ -77,6 +77,15 @@ def worst_position(req: PreTradeRequest) -> Decimal:
     return resulting_position(req) + (resting if req.side is OrderSide.buy else -resting)
 
 
+def shrinks_in_worst_case(req: PreTradeRequest) -> bool:
+    """`shrinks_position` with our resting orders on the order's side filled too: what the
+    exposure rules let through. (Several sells, each smaller than a long, can together
+    take it short; each alone would shrink it.)"""
+    before, after = current_position(req), worst_position(req)
+    same_side = after == 0 or (after > 0) == (before > 0)
+    return before != 0 and same_side and abs(after) < abs(before)
+
+
 def resting_elsewhere(req: PreTradeRequest) -> dict[tuple[str, str], Decimal]:
     """Notional (amount x price) our resting orders would add to each other market."""
     sides: dict[tuple[str, str], dict[OrderSide, Decimal]] = {}

@@ -5,8 +5,9 @@ approved decisions), `evaluate` runs every rule, the service stores the decision
 Every rule answers, pass or fail, with a detail naming its limit and the numbers.
 
 The exposure limits (position, gross, heat) never block an order that shrinks a
-position without flipping it: when equity has fallen and the book is already over a
-limit, de-risking must stay possible. Everything else applies to every order.
+position without flipping it (counting our resting orders on its side as filled too):
+when equity has fallen and the book is already over a limit, de-risking must stay
+possible. Everything else applies to every order.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from agents.risk.book import (
     order_price,
     resting_amount,
     resulting_position,
+    shrinks_in_worst_case,
     shrinks_position,
     unrealized_pnl,
     worst_position,
@@ -115,7 +117,7 @@ def _no_equity(rule: str, equity: Decimal) -> CheckResult:
 
 
 def _shrinks(rule: str, req: PreTradeRequest) -> CheckResult:
-    before, after = current_position(req), resulting_position(req)
+    before, after = current_position(req), worst_position(req)
     return _result(rule, True, f"{rule}: order shrinks position {_n(before)} to {_n(after)}")
 
 
@@ -165,7 +167,7 @@ def _share_of_equity(rule: str, req: PreTradeRequest) -> CheckResult | tuple[Dec
     """What every share-of-equity rule starts with: an order that shrinks the position
     passes; without a price or positive equity the rule is failed, saying which.
     Otherwise (price, equity) to judge the order by."""
-    if shrinks_position(req):
+    if shrinks_in_worst_case(req):
         return _shrinks(rule, req)
     price = order_price(req)
     if price is None:

@@ -154,6 +154,20 @@ def test_resting_orders_that_would_grow_the_position_count_against_it(risk: Risk
         approved(risk, risk.order(amount="0.1", stop_loss="49900", portfolio=book))
 
 
+def test_orders_that_each_shrink_a_position_are_judged_together(risk: Risk) -> None:
+    """A sell smaller than the long shrinks it, and exposure limits let it through; with
+    our other sells resting (or on their way) it would take the book short: judged so."""
+    alone = {"positions": [long_btc("0.4", stop_loss=None)]}
+    sell = {"side": "sell", "amount": "0.15", "stop_loss": None}
+    shrinks = approved(risk, risk.order(**sell, portfolio=alone))
+    assert "shrinks position 0.4 to 0.25" in detail(shrinks, "max_position_pct")
+    together = {**alone, "open_orders": [resting("sell", "2")]}
+    decision = rejected_by(risk, risk.order(**sell, portfolio=together), "max_position_pct")
+    assert "resulting position -1.75 (2 of it in resting orders)" in detail(
+        decision, "max_position_pct"
+    )
+
+
 def test_resting_orders_count_in_gross_exposure_and_heat(risk: Risk) -> None:
     # Resting ETH buys: 32 x 3000 = 96000 of gross exposure if they fill.
     eth_bids = [resting("buy", "32", symbol="ETH/USDT", price="3000")]

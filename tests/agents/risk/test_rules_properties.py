@@ -171,6 +171,9 @@ class Measured:
     """The numbers each limit is about, for one order on one book."""
 
     smaller: bool  # the order shrinks its position without flipping it
+    # ... and still does with our resting orders on its side filled too (what exposure
+    # rules let through)
+    smaller_worst: bool
     price: Decimal | None
     amounts: dict[str, Decimal]  # limit name -> the case's value for it
 
@@ -181,6 +184,18 @@ def measure(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> Measured
     before = sum((p.amount for p in here), Decimal(0))
     after = before + (req.amount if req.side is OrderSide.buy else -req.amount)
     smaller = before != 0 and before * after >= 0 and abs(after) < abs(before)
+    same_side = sum(
+        (
+            o.amount
+            for o in book.open_orders
+            if (o.exchange, o.symbol) == (req.exchange, req.symbol)
+            and o.side is req.side
+            and not o.reduce_only
+        ),
+        Decimal(0),
+    )
+    worst_after = after + (same_side if req.side is OrderSide.buy else -same_side)
+    smaller_worst = before != 0 and before * worst_after >= 0 and abs(worst_after) < abs(before)
     price = req.reference_price if req.type is OrderType.market else req.price
     price = price if price is not None else req.reference_price
     pnl = book.realized_pnl_today + sum(
@@ -218,7 +233,7 @@ def measure(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> Measured
         else:
             heat += elsewhere * limits.default_stop_pct
         amounts["max_heat_pct"] = heat / book.equity
-    return Measured(smaller, price, amounts)
+    return Measured(smaller, smaller_worst, price, amounts)
 
 
 def _growth_elsewhere(req: PreTradeRequest) -> Decimal:
@@ -264,7 +279,7 @@ def broken_limits(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> li
         name
         for name, value in m.amounts.items()
         if value > getattr(limits, name)
-        and not (name in EXPOSURE and m.smaller)
+        and not (name in EXPOSURE and m.smaller_worst)
         and not (name in REDUCE_ONLY_PASSES and req.reduce_only and m.smaller)
     ]
     if ctx.state is not TradingState.ACTIVE and not (req.reduce_only and m.smaller):
@@ -273,7 +288,7 @@ def broken_limits(req: PreTradeRequest, limits: Limits, ctx: CheckContext) -> li
         broken.append("reduce only")
     if m.price is None:
         return [*broken, "no price"]
-    if req.portfolio.equity <= 0 and not m.smaller:
+    if req.portfolio.equity <= 0 and not m.smaller_worst:
         broken.append("no equity")
     return broken + _flow_limits(req, limits, ctx, m.price)
 
