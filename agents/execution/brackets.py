@@ -259,20 +259,15 @@ class Brackets:
                 legs.setdefault(leg.symbol, []).append(leg)
         return positions, legs
 
-    def _legs(self, exchange: str, symbol: str) -> list[Order]:
+    def _legs(self, exchange: str, symbol: str | None) -> list[Order]:
         with self.orders.sessions() as session:
             return list(repo.brackets(session, exchange, ROLES, symbol))
 
-    async def on_exchange(self, exchange: str, symbol: str) -> bool:
-        """Whether legs the exchange has confirmed protect `symbol` now. Legs not yet
-        settled (no answer yet) do not count: the monitor keeps watching meanwhile."""
-        legs = await self.orders.db(self._legs, exchange, symbol)
-        return any(leg.status in repo.LIVE for leg in legs)
-
     async def protected(self, exchange: str) -> set[str]:
-        """The symbols with confirmed legs on the exchange."""
-        _, legs = await self.orders.db(self._book, exchange, None)
-        return {name for name, found in legs.items() if any(o.status in repo.LIVE for o in found)}
+        """The symbols with legs the exchange has confirmed. Legs not yet settled (no
+        answer yet) do not count: the monitor keeps watching meanwhile."""
+        legs = await self.orders.db(self._legs, exchange, None)
+        return {leg.symbol for leg in legs if leg.status in repo.LIVE}
 
 
 def _leg_values(

@@ -108,15 +108,15 @@ class Reconciler:
         exchange's to fire; the trailing stop is always watched here."""
         for exchange in self.orders.exchanges.adapters:
             rows = await self.orders.db(self._armed, exchange)
+            protected = await self.brackets.protected(exchange) if rows else set()
             for pos in rows:
                 try:
-                    await self._check_exit(exchange, pos)
+                    await self._check_exit(exchange, pos, pos.symbol in protected)
                 except (VolexError, ExchangeError) as exc:
                     log.error("protective exit failed for %s %s: %s", exchange, pos.symbol, exc)
 
-    async def _check_exit(self, exchange: str, pos: Position) -> None:
+    async def _check_exit(self, exchange: str, pos: Position, on_exchange: bool) -> None:
         legs = (pos.stop_loss, pos.take_profit, pos.trailing_stop_pct, pos.trail_extreme)
-        on_exchange = await self.brackets.on_exchange(exchange, pos.symbol)
         if on_exchange and pos.trailing_stop_pct is None:
             return
         mark, _ = await self.orders.exchanges.mark(exchange, pos.symbol)

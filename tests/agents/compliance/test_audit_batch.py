@@ -82,3 +82,13 @@ def test_a_resent_event_id_is_stored_once(stack: Stack) -> None:
         timeout=30,
     )
     assert other.status_code == 201 and other.json()["id"] not in {e["id"] for e in stored}
+
+
+def test_a_malformed_event_id_is_a_422_naming_it(stack: Stack) -> None:
+    subject = f"badid-{uuid.uuid4().hex[:10]}"
+    for bad in ("short", "has spaces in it", "x" * 65):
+        body = {"kind": "test.once", "actor": "operator", "subject": subject, "event_id": bad}
+        response = _post(stack, [body])
+        assert response.status_code == 422, response.text
+        assert any("event_id" in str(err["field"]) for err in response.json()["errors"])
+    assert _events(stack, subject) == []

@@ -20,3 +20,12 @@ def order(stack: Stack, **body: object) -> httpx.Response:
     return httpx.post(
         stack.url("execution") + "/orders", json=body, headers=stack.auth(), timeout=30
     )
+
+
+def close_position(stack: Stack, symbol: str, exchange: str = "sim") -> httpx.Response:
+    return httpx.post(
+        stack.url("execution") + f"/positions/{exchange}/close",
+        json={"symbol": symbol},
+        headers=stack.auth(),
+        timeout=30,
+    )

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.agents.execution.fleet import new_cid, order
+from tests.agents.execution.fleet import close_position, new_cid, order
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.usefixtures("repeatable_orders", "active")
@@ -22,12 +22,7 @@ ROLES = ("bracket_sl", "bracket_tp")
 
 
 def _flat(stack: Stack, symbol: str = SOL) -> None:
-    closed = httpx.post(
-        stack.url("execution") + "/positions/sim/close",
-        json={"symbol": symbol},
-        headers=stack.auth(),
-        timeout=30,
-    )
+    closed = close_position(stack, symbol)
     assert closed.status_code == 200 and not closed.json()["errors"], closed.text
 
 

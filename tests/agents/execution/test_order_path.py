@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from common.contracts import AuditEventIn
 from common.outbox import record
-from tests.agents.execution.fleet import new_cid, order
+from tests.agents.execution.fleet import close_position, new_cid, order
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.usefixtures("repeatable_orders", "active")
@@ -377,12 +377,7 @@ def test_concurrent_orders_are_judged_with_each_other(stack: Stack) -> None:
     from tests.agents.execution.conftest import _editable
 
     sol = "SOL/USDT"
-    closed = httpx.post(
-        stack.url("execution") + "/positions/sim/close",
-        json={"symbol": sol},
-        headers=stack.auth(),
-        timeout=30,
-    )
+    closed = close_position(stack, sol)
     assert closed.status_code == 200, closed.text
     url = stack.url("risk") + "/limits"
     saved = httpx.get(url, headers=stack.auth(), timeout=10).json()
@@ -410,9 +405,4 @@ def test_concurrent_orders_are_judged_with_each_other(stack: Stack) -> None:
         assert all("max_position_pct" in r for r in refused), refused
     finally:
         httpx.put(url, json=_editable(saved), headers=stack.auth(), timeout=10).raise_for_status()
-        httpx.post(
-            stack.url("execution") + "/positions/sim/close",
-            json={"symbol": sol},
-            headers=stack.auth(),
-            timeout=30,
-        )
+        close_position(stack, sol)
