@@ -11,7 +11,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from common.money import NonNegative, Positive, Signed
 
@@ -92,7 +92,9 @@ class PortfolioView(BaseModel):
     open_orders: list[OpenOrder] = Field(default_factory=list)
 
 
-class PreTradeRequest(BaseModel):
+class PreTradeOrder(BaseModel):
+    """One order to judge; with the account it is a PreTradeRequest."""
+
     client_order_id: str = Field(min_length=1, max_length=64)
     exchange: str = Field(pattern=EXCHANGE_PATTERN)
     symbol: str = Field(pattern=SYMBOL_PATTERN)
@@ -105,7 +107,33 @@ class PreTradeRequest(BaseModel):
     reference_price: Positive | None = None  # a fresh mid price; None if unavailable
     reference_age_ms: int | None = Field(default=None, ge=0)
     market: MarketRules
+
+
+class PreTradeRequest(PreTradeOrder):
     portfolio: PortfolioView
+
+
+# Orders judged in one call: execution sends what arrived while the previous call was out.
+MAX_BATCH = 64
+
+
+def _distinct_ids(orders: list[Any]) -> list[Any]:
+    seen: set[str] = set()
+    for order in orders:
+        if order.client_order_id in seen:
+            raise ValueError(f"client_order_id {order.client_order_id!r} is in the batch twice")
+        seen.add(order.client_order_id)
+    return orders
+
+
+class PreTradeBatch(BaseModel):
+    """Orders judged together, in turn, against one account: each sees `portfolio` with
+    the orders approved before it in the batch counted as resting orders of ours."""
+
+    portfolio: PortfolioView
+    orders: list[PreTradeOrder] = Field(min_length=1, max_length=MAX_BATCH)
+
+    _distinct = field_validator("orders")(_distinct_ids)
 
 
 class CheckResult(BaseModel):
@@ -142,6 +170,21 @@ class PolicyRequest(BaseModel):
     reference_price: Positive | None = None
     resting_orders: list[RestingOrder] = Field(default_factory=list)  # ours, same symbol
     requested_by: str
+
+
+class PolicyBatch(BaseModel):
+    """Orders checked together, in turn: each sees the limit orders approved before it in
+    the batch (same symbol) among our resting orders."""
+
+    orders: list[PolicyRequest] = Field(min_length=1, max_length=MAX_BATCH)
+
+    _distinct = field_validator("orders")(_distinct_ids)
+
+
+class CheckDecisions(BaseModel):
+    """A batch's decisions, in the order of its orders."""
+
+    decisions: list[CheckDecision]
 
 
 # --- audit events: any agent -> compliance ---------------------------------------------------

@@ -13,7 +13,13 @@ from agents.compliance.schemas import (
     TradeReport,
 )
 from common.auth import CallerDep
-from common.contracts import AuditEventIn, CheckDecision, PolicyRequest
+from common.contracts import (
+    AuditEventIn,
+    CheckDecision,
+    CheckDecisions,
+    PolicyBatch,
+    PolicyRequest,
+)
 from common.db import SessionDep, in_transaction
 from common.errors import Problem
 
@@ -87,6 +93,16 @@ def verify_audit(session: SessionDep) -> ChainVerification:
 async def check_policy(body: PolicyRequest, caller: CallerDep, request: Request) -> CheckDecision:
     """Check one order against every policy rule; the decision is recorded and audited."""
     return await in_transaction(request, service.check_policy, body, caller)
+
+
+@router.post(
+    "/checks/policy/batch", response_model=CheckDecisions, tags=["policies"], responses=INVALID
+)
+async def check_policies(body: PolicyBatch, caller: CallerDep, request: Request) -> CheckDecisions:
+    """Check orders in turn, each seeing the limit orders approved before it as resting
+    (execution sends the orders that arrived together); each decision recorded and audited."""
+    decisions = await in_transaction(request, service.check_policies, body.orders, caller)
+    return CheckDecisions(decisions=decisions)
 
 
 @router.get("/policies", response_model=PolicyView, tags=["policies"])

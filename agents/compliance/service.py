@@ -27,7 +27,15 @@ from agents.compliance.schemas import (
     TradeReport,
 )
 from common.auth import Caller
-from common.contracts import AuditEventIn, CheckDecision, FillEvent, PolicyRequest
+from common.contracts import (
+    AuditEventIn,
+    CheckDecision,
+    CheckResult,
+    FillEvent,
+    OrderType,
+    PolicyRequest,
+    RestingOrder,
+)
 from common.errors import Forbidden, VolexError
 from common.models.compliance import AuditEvent, PolicyDecision
 
@@ -290,45 +298,68 @@ def put_policies(session: Session, new: PolicySet, caller: Caller) -> PolicyView
 
 def check_policy(session: Session, order: PolicyRequest, caller: Caller) -> CheckDecision:
     """Run every rule on one order, record the decision and audit it with the rules."""
+    [decision] = check_policies(session, [order], caller)
+    return decision
+
+
+def check_policies(
+    session: Session, orders: list[PolicyRequest], caller: Caller
+) -> list[CheckDecision]:
+    """Run every rule on each order in turn; record each decision and audit it with the
+    rules. A limit order approved earlier in the batch rests among our orders for the
+    ones after it (the wash-trade rule), and each approval counts for the daily limit."""
     now = repo.lock_at(session, repo.POLICY_LOCK).astimezone(UTC)
     row = repo.get_policy(session)
     policy = _policy_set(row)
-    count, counted = repo.approved_today(session, now.date(), order.client_order_id)
-    checks = rules.evaluate(policy, order, now, rules.OrderCount(count, counted))
-    decision = CheckDecision(approved=all(c.passed for c in checks), checks=checks)
-    if decision.approved and not counted:
-        repo.count_approval(session, now.date(), order.client_order_id)
-    event = append(
-        session,
-        kind="policy.checked",
-        actor=caller.name,
-        subject=order.client_order_id,
-        data={
+    judged: list[tuple[PolicyRequest, list[CheckResult], CheckDecision]] = []
+    resting: list[PolicyRequest] = []  # approved limit orders of this batch
+    for order in orders:
+        earlier = [
+            RestingOrder(side=o.side, price=o.price, amount=o.amount)
+            for o in resting
+            if (o.exchange, o.symbol) == (order.exchange, order.symbol) and o.price is not None
+        ]
+        if earlier:
+            order = order.model_copy(update={"resting_orders": [*order.resting_orders, *earlier]})
+        count, counted = repo.approved_today(session, now.date(), order.client_order_id)
+        checks = rules.evaluate(policy, order, now, rules.OrderCount(count, counted))
+        decision = CheckDecision(approved=all(c.passed for c in checks), checks=checks)
+        if decision.approved and not counted:
+            repo.count_approval(session, now.date(), order.client_order_id)
+        if decision.approved and order.type is OrderType.limit:
+            resting.append(order)
+        judged.append((order, checks, decision))
+    new = []
+    for order, checks, decision in judged:
+        data = {
             "approved": decision.approved,
             "checks": [c.model_dump(mode="json") for c in checks],
             "order": order.model_dump(mode="json"),
             "policy_version": row.version,
-        },
-    )
-    repo.add_decision(
-        session,
-        PolicyDecision(
-            at=now,
-            client_order_id=order.client_order_id,
-            exchange=order.exchange,
-            symbol=order.symbol,
-            side=order.side.value,
-            type=order.type.value,
-            amount=order.amount,
-            price=order.price,
-            approved=decision.approved,
-            checks=[c.model_dump(mode="json") for c in checks],
-            requested_by=order.requested_by,
-            caller=caller.name,
-            audit_id=event.id,
-        ),
-    )
-    return decision
+        }
+        _check_data(data)
+        new.append(NewEvent("policy.checked", caller.name, data, order.client_order_id))
+    events = append_all(session, new)
+    for (order, checks, decision), event in zip(judged, events, strict=True):
+        repo.add_decision(
+            session,
+            PolicyDecision(
+                at=now,
+                client_order_id=order.client_order_id,
+                exchange=order.exchange,
+                symbol=order.symbol,
+                side=order.side.value,
+                type=order.type.value,
+                amount=order.amount,
+                price=order.price,
+                approved=decision.approved,
+                checks=[c.model_dump(mode="json") for c in checks],
+                requested_by=order.requested_by,
+                caller=caller.name,
+                audit_id=event.id,
+            ),
+        )
+    return [decision for _, _, decision in judged]
 
 
 # --- reports ---------------------------------------------------------------------------------

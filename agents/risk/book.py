@@ -23,11 +23,37 @@ from common.contracts import (
     OrderType,
     PortfolioView,
     PositionView,
+    PreTradeOrder,
     PreTradeRequest,
 )
 
 PRECISION = Context(prec=100)
 ZERO = Decimal(0)
+
+
+def request(order: PreTradeOrder, portfolio: PortfolioView) -> PreTradeRequest:
+    """`order` judged against `portfolio` (both already validated)."""
+    if isinstance(order, PreTradeRequest) and order.portfolio is portfolio:
+        return order
+    fields = {name: getattr(order, name) for name in PreTradeOrder.model_fields}
+    return PreTradeRequest.model_construct(**fields, portfolio=portfolio)
+
+
+def with_resting(portfolio: PortfolioView, req: PreTradeRequest) -> PortfolioView:
+    """The account with `req` (approved, not yet filled) among our resting orders, at the
+    price it is valued at."""
+    price = order_price(req)
+    if price is None:  # unpriced orders are never approved (the price collar)
+        return portfolio
+    resting = OpenOrder(
+        exchange=req.exchange,
+        symbol=req.symbol,
+        side=req.side,
+        amount=req.amount,
+        price=price,
+        reduce_only=req.reduce_only,
+    )
+    return portfolio.model_copy(update={"open_orders": [*portfolio.open_orders, resting]})
 
 
 def order_price(req: PreTradeRequest) -> Decimal | None:

@@ -27,7 +27,14 @@ from agents.risk.schemas import (
     VarMethod,
 )
 from common.auth import CallerDep
-from common.contracts import CheckDecision, PreTradeRequest, TradingState, TradingStateView
+from common.contracts import (
+    CheckDecision,
+    CheckDecisions,
+    PreTradeBatch,
+    PreTradeRequest,
+    TradingState,
+    TradingStateView,
+)
 from common.db import SessionDep, in_transaction
 from common.errors import Problem
 from common.service import KitDep
@@ -92,7 +99,25 @@ async def pre_trade(
     outcome = await in_transaction(request, service.pre_trade, body, caller.name, kit.name)
     if outcome.halted is not None:
         background.add_task(kill_switch.propagate, kit, outcome.halted)
-    return outcome.decision
+    return outcome.decisions[0]
+
+
+@router.post("/checks/pre-trade/batch", tags=["checks"])
+async def pre_trade_batch(
+    body: PreTradeBatch,
+    request: Request,
+    caller: CallerDep,
+    kit: KitDep,
+    background: BackgroundTasks,
+) -> CheckDecisions:
+    """Approve or reject orders in turn, each judged with the ones approved before it
+    counted as resting orders (execution sends the orders that arrived together)."""
+    outcome = await in_transaction(
+        request, service.pre_trade_batch, body.portfolio, body.orders, caller.name, kit.name
+    )
+    if outcome.halted is not None:
+        background.add_task(kill_switch.propagate, kit, outcome.halted)
+    return CheckDecisions(decisions=outcome.decisions)
 
 
 @router.get("/checks/{client_order_id}", tags=["checks"])

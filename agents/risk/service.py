@@ -9,6 +9,7 @@ execution is usually the caller, waiting for our answer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -33,7 +34,14 @@ from agents.risk.schemas import (
     VarMethod,
 )
 from common.auth import Caller
-from common.contracts import CheckDecision, CheckResult, PreTradeRequest, TradingState
+from common.contracts import (
+    CheckDecision,
+    CheckResult,
+    PortfolioView,
+    PreTradeOrder,
+    PreTradeRequest,
+    TradingState,
+)
 from common.contracts import TradingStateView as StateView
 from common.errors import Conflict, Forbidden, NotFound, Unprocessable
 from common.models.risk import RiskEquitySnapshot
@@ -115,50 +123,70 @@ def change_limits(session: Session, body: Limits, caller: Caller) -> LimitsView:
 # --- pre-trade checks ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class CheckOutcome:
-    decision: CheckDecision
+    decisions: list[CheckDecision]  # one per order, in order
     halted: StateView | None  # set when this check tripped the drawdown breaker
 
 
 def pre_trade(session: Session, req: PreTradeRequest, actor: str, service: str) -> CheckOutcome:
-    """Decide on one order and store the decision; HALTs first if the drawdown is breached."""
+    """Decide on one order: a batch of one."""
+    return pre_trade_batch(session, req.portfolio, [req], actor, service)
+
+
+def pre_trade_batch(
+    session: Session,
+    portfolio: PortfolioView,
+    orders: Sequence[PreTradeOrder],
+    actor: str,
+    service: str,
+) -> CheckOutcome:
+    """Decide on `orders` in turn and store each decision; HALTs first if the drawdown is
+    breached. Each order is judged with those approved before it counted as our resting
+    orders: approved together, they cannot pass a limit that each passes alone."""
     state_row = repo.lock_state(session)  # one check at a time; a halt waits for it
     limits = _limits_only(current_limits(session))
     # The clock is read after the lock is held (in the same statement as the equity).
-    peak_before, now = repo.record_equity(session, req.portfolio.equity)
+    peak_before, now = repo.record_equity(session, portfolio.equity)
     state = TradingState(state_row.state)
-    halted = _halt_on_drawdown(session, req.portfolio.equity, peak_before, limits, state, service)
+    halted = _halt_on_drawdown(session, portfolio.equity, peak_before, limits, state, service)
     if halted is not None:
         state = halted.state
-    context = rules.CheckContext(
-        state=state,
-        peak_equity=peak_before,
-        # Only look-alikes for the duplicate rule; the rate rule gets a count.
-        recent_approved=repo.recent_approved(session, now, limits.duplicate_window_s, like=req)
-        if limits.duplicate_window_s
-        else [],
-        approved_last_minute=repo.approved_since(
-            session, now, rules.RATE_WINDOW_S, req.client_order_id
-        ),
-    )
-    results = rules.evaluate(req, limits, context)
-    approved = all(result.passed for result in results)
-    repo.insert_check(
-        session,
-        req,
-        checked_at=now,
-        approved=approved,
-        state=state.value,
-        checks=results,
-        requested_by=actor,
-    )
-    repo.enqueue_audit(
-        session,
-        "risk.checked",
-        actor,
-        req.client_order_id,
-        _check_audit(req, approved, state, results),
-    )
-    return CheckOutcome(CheckDecision(approved=approved, checks=results, state=state), halted)
+    decisions = []
+    for order in orders:
+        req = book.request(order, portfolio)
+        context = rules.CheckContext(
+            state=state,
+            peak_equity=peak_before,
+            # Only look-alikes for the duplicate rule; the rate rule gets a count. Both
+            # see the decisions stored for the batch's earlier orders.
+            recent_approved=repo.recent_approved(session, now, limits.duplicate_window_s, like=req)
+            if limits.duplicate_window_s
+            else [],
+            approved_last_minute=repo.approved_since(
+                session, now, rules.RATE_WINDOW_S, req.client_order_id
+            ),
+        )
+        results = rules.evaluate(req, limits, context)
+        approved = all(result.passed for result in results)
+        repo.insert_check(
+            session,
+            req,
+            checked_at=now,
+            approved=approved,
+            state=state.value,
+            checks=results,
+            requested_by=actor,
+        )
+        repo.enqueue_audit(
+            session,
+            "risk.checked",
+            actor,
+            req.client_order_id,
+            _check_audit(req, approved, state, results),
+        )
+        decisions.append(CheckDecision(approved=approved, checks=results, state=state))
+        if approved:
+            portfolio = book.with_resting(portfolio, req)
+    return CheckOutcome(decisions, halted)
 
 
 def _check_audit(

@@ -1,0 +1,121 @@
+"""Orders checked together (`POST /checks/policy/batch`), over HTTP: in turn, each one
+seeing the limit orders approved before it in the batch as resting orders of ours."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+from tests.agents.compliance.conftest import call, order, rule, service_token
+from tests.agents.compliance.test_policies import _approved_today
+from tests.conftest import Stack
+
+SetPolicy = Callable[..., dict[str, Any]]
+
+
+def batch(stack: Stack, orders: list[dict[str, Any]]) -> httpx.Response:
+    return call(
+        stack,
+        "POST",
+        "/checks/policy/batch",
+        json={"orders": orders},
+        token=service_token(stack, "execution"),
+    )
+
+
+def decisions(stack: Stack, orders: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    response = batch(stack, orders)
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()["decisions"]
+    assert len(found) == len(orders)
+    return found
+
+
+def test_the_daily_limit_counts_the_batch(
+    stack: Stack, set_policy: SetPolicy, engine: Engine
+) -> None:
+    set_policy(max_orders_per_day=_approved_today(engine) + 2)
+    first, second, third = decisions(stack, [order(), order(), order()])
+    assert first["approved"] and second["approved"], (first, second)
+    assert third["approved"] is False
+    assert not rule(third, "max_orders_per_day")["passed"]
+
+
+def test_a_limit_order_approved_before_counts_as_resting(
+    stack: Stack, set_policy: SetPolicy
+) -> None:
+    """A buy at 101 and a sell at 100 in one batch would trade with each other."""
+    set_policy()
+    buy = order(side="buy", price="101")
+    sell = order(side="sell", price="100")
+    elsewhere = order(side="sell", price="100", symbol="ETH/USDT")
+    market = order(side="sell", type="market", price=None, reference_price="100")
+    first, crossing, other_symbol, at_market = decisions(stack, [buy, sell, elsewhere, market])
+    assert first["approved"] is True
+    assert crossing["approved"] is False
+    assert rule(crossing, "wash_trade")["detail"].startswith(
+        "sell at limit price 100 would cross our resting buy at 101"
+    )
+    assert other_symbol["approved"] is True
+    assert at_market["approved"] is False  # the buy at 101 rests above the market sell
+
+
+def test_a_refused_limit_order_does_not_rest(stack: Stack, set_policy: SetPolicy) -> None:
+    set_policy(restricted_symbols=["DOGE"])
+    refused = order(side="buy", price="101", symbol="DOGE/USDT")
+    sell = order(side="sell", price="100", symbol="DOGE/USDT")
+    first, second = decisions(stack, [refused, sell])
+    assert first["approved"] is False and second["approved"] is False
+    assert rule(second, "wash_trade")["passed"], rule(second, "wash_trade")
+
+
+def test_each_decision_is_stored_and_audited_in_order(stack: Stack, set_policy: SetPolicy) -> None:
+    set_policy(restricted_symbols=["DOGE"])
+    orders = [order(), order(symbol="DOGE/USDT"), order()]
+    found = decisions(stack, orders)
+    assert [d["approved"] for d in found] == [True, False, True]
+    ids = []
+    for body, decision in zip(orders, found, strict=True):
+        page = call(
+            stack,
+            "GET",
+            "/audit",
+            params={"kind": "policy.checked", "subject": body["client_order_id"]},
+        ).json()
+        [event] = page["items"]
+        assert event["actor"] == "execution"
+        assert event["data"]["checks"] == decision["checks"]
+        ids.append(event["id"])
+    assert ids == sorted(ids)
+    verified = call(stack, "GET", "/audit/verify").json()
+    assert verified["ok"] is True, verified
+
+
+@pytest.mark.parametrize(
+    ("count", "says"),
+    [(0, "at least 1 item"), (65, "at most 64 items"), ("twice", "is in the batch twice")],
+)
+def test_a_bad_batch_is_422_saying_why_and_records_nothing(
+    stack: Stack, count: int | str, says: str
+) -> None:
+    if count == "twice":
+        one = order()
+        orders = [one, one]
+    else:
+        assert isinstance(count, int)
+        orders = [order() for _ in range(count)]
+    response = batch(stack, orders)
+    assert response.status_code == 422, response.text
+    assert says in response.text
+    for body in orders[:3]:
+        page = call(
+            stack,
+            "GET",
+            "/audit",
+            params={"kind": "policy.checked", "subject": body["client_order_id"]},
+        ).json()
+        assert page["items"] == []
