@@ -50,6 +50,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         buckets=LATENCY_BUCKETS,
         registry=kit.metrics.registry,
     )
+    orders.batch_sizes = Histogram(
+        "volex_order_approval_batch_size",
+        "Orders judged together in one approval (one call to risk and one to compliance)",
+        buckets=(1, 2, 4, 8, 16, 32, 64),
+        registry=kit.metrics.registry,
+    )
     relay = OutboxRelay(SERVICE, kit.session_factory, kit.agents)
     orders.wake_relay = relay.wake.set
     brackets = Brackets(orders)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -40,16 +41,20 @@ from common import outbox
 from common.auth import Caller
 from common.clients import Agents
 from common.contracts import (
+    MAX_BATCH,
     AuditEventIn,
     CheckDecision,
+    CheckDecisions,
     FillEvent,
     OpenOrder,
     OrderSide,
     OrderType,
+    PolicyBatch,
     PolicyRequest,
     PortfolioView,
     PositionView,
-    PreTradeRequest,
+    PreTradeBatch,
+    PreTradeOrder,
     RestingOrder,
     TradingState,
 )
@@ -107,6 +112,8 @@ class OrderService:
         # approval on the account counts them as filled (`place`).
         self.approved: dict[int, OpenOrder] = {}
         self.approval_locks: dict[str, asyncio.Lock] = {}
+        self.approval_queues: dict[str, list[_Ask]] = {}  # waiting for the lock, per account
+        self.batch_sizes: Histogram | None = None  # set by the app: orders per approval
         self.after_fill: Callable[[Order], Awaitable[None]] = _nothing_after_fill
         self.make_way: Callable[[Order], Awaitable[bool]] = _no_way
 
@@ -208,36 +215,25 @@ class OrderService:
             "role": "entry",
             "requested_by": caller.name,
         }
-        # One approval at a time per account, each judged with the orders approved before
-        # it that are still on their way counted as filled (`approved`): orders sent at the
-        # same moment cannot together pass a limit that each passes alone. Inside, the claim
-        # and the account read are independent: read the account while the claim commits.
-        # (A replay's account read is wasted; nothing is written.)
-        failure: VolexError | None = None
-        async with self._approval_lock(req.exchange):
-            claimed, book = await asyncio.gather(
-                self._timed("claim", self.db(self._claim, values, caller.name)),
-                self._timed("portfolio", self.portfolio(req.exchange, req.symbol)),
-                return_exceptions=True,
-            )
-            if isinstance(claimed, BaseException):
-                raise claimed
-            order = claimed
-            if order is not None:
-                try:
-                    if isinstance(book, BaseException):
-                        raise book
-                    _check_brackets(req, mid)  # after the claim: a replay gets its order
-                    await self._approve(order, market, mid, age, book)
-                except VolexError as exc:
-                    failure = exc
-                else:
-                    self.approved[order.id] = _as_open(order, mid)
+        # The claim commits while the order waits for its approval (the account is read
+        # meanwhile): a replay finds its order, and nothing is judged before it is claimed.
+        claim = asyncio.ensure_future(
+            self._timed("claim", self.db(self._claim, values, caller.name))
+        )
+        refusal: VolexError | None = None
+        try:
+            _check_brackets(req, mid)  # refused after the claim: a replay gets its order
+        except VolexError as exc:
+            refusal = exc
+        ask = _Ask(claim, market, mid, age, refusal, asyncio.get_running_loop().create_future())
+        await self._approval(req.exchange, ask)
+        order = await claim
         self.wake_relay()
         if order is None:  # the client order id is taken (a retry, or a race): same order
             found = await self.db(self._find, cid)
             assert found is not None
             return _same_request(found, req), False
+        failure = ask.answer.result()
         if isinstance(failure, ExchangeError):  # (an ExchangeError is a VolexError too)
             await self.db(self._finish, order.id, "rejected", str(failure), caller.name)
             raise ServiceUnavailable(
@@ -251,6 +247,20 @@ class OrderService:
                 return await self.send(order), True
         finally:
             self.approved.pop(order.id, None)
+
+    async def _approval(self, exchange: str, ask: _Ask) -> None:
+        """Wait for `ask`'s answer. One approval at a time per account: whoever holds the
+        lock judges every order that queued meanwhile, in arrival order, in one call to
+        risk and one to compliance, each order with the ones approved before it (in the
+        batch, and earlier ones still on their way: `approved`) counted as resting orders.
+        Orders sent at the same moment cannot together pass a limit that each passes alone."""
+        queue = self.approval_queues.setdefault(exchange, [])
+        queue.append(ask)
+        async with self._approval_lock(exchange):
+            while not ask.answer.done():
+                batch = queue[:MAX_BATCH]
+                del queue[: len(batch)]
+                await self._approve_batch(exchange, batch)
 
     def _approval_lock(self, exchange: str) -> asyncio.Lock:
         return self.approval_locks.setdefault(exchange, asyncio.Lock())
@@ -267,71 +277,147 @@ class OrderService:
         with self._stage(stage):
             return await work
 
-    async def _approve(
-        self,
-        order: Order,
-        market: Market,
-        mid: Decimal,
-        age_ms: int,
-        book: tuple[PortfolioView, list[RestingOrder]],
-    ) -> None:
-        portfolio, resting = book
-        pre_trade = PreTradeRequest(
-            client_order_id=order.client_order_id,
-            exchange=order.exchange,
-            symbol=order.symbol,
-            side=OrderSide(order.side),
-            type=OrderType(order.type),
-            amount=order.amount,
-            price=order.price or order.stop_price,
-            reduce_only=order.reduce_only,
-            stop_loss=order.stop_loss,
-            reference_price=mid,
-            reference_age_ms=age_ms,
-            market=market.rules(),
-            portfolio=portfolio,
+    async def _approve_batch(self, exchange: str, batch: list[_Ask]) -> None:
+        """Answer every ask in `batch`: None (approved, and counted in `approved`), or why
+        not. An ask whose claim found its client order id taken, or failed, is answered
+        None: its owner reads its claim first."""
+        try:
+            await self._answer_batch(exchange, batch)
+        except VolexError as exc:  # the whole batch: risk or compliance unavailable
+            _answer_the_rest(batch, exc)
+        except Exception as exc:
+            log.exception("approving a batch of orders failed")
+            _answer_the_rest(batch, ServiceUnavailable(f"order refused: approval failed ({exc})"))
+        finally:  # cancelled: nobody waits for ever
+            _answer_the_rest(batch, ServiceUnavailable("order refused: approval interrupted"))
+
+    async def _answer_batch(self, exchange: str, batch: list[_Ask]) -> None:
+        if self.batch_sizes is not None:
+            self.batch_sizes.observe(len(batch))
+        book, claims = await asyncio.gather(
+            self._timed("portfolio", self.portfolio(exchange)),
+            # (shielded: the owners read their claims; one batch's end does not end them)
+            asyncio.gather(*(asyncio.shield(ask.claim) for ask in batch), return_exceptions=True),
+            return_exceptions=True,
         )
-        policy = PolicyRequest(
-            client_order_id=order.client_order_id,
-            exchange=order.exchange,
-            symbol=order.symbol,
-            side=OrderSide(order.side),
-            type=OrderType(order.type),
-            amount=order.amount,
-            price=order.price or order.stop_price,
-            reference_price=mid,
-            resting_orders=resting,
-            requested_by=order.requested_by,
+        assert not isinstance(claims, BaseException)  # (its own errors are returned)
+        judged: list[tuple[_Ask, Order]] = []
+        for ask, claimed in zip(batch, claims, strict=True):
+            if not isinstance(claimed, Order):
+                ask.answer.set_result(None)
+            elif ask.refusal is not None:
+                ask.answer.set_result(ask.refusal)
+            else:
+                judged.append((ask, claimed))
+        if not judged:
+            return
+        if isinstance(book, VolexError | ExchangeError):
+            for ask, _ in judged:
+                ask.answer.set_result(book)
+            return
+        if isinstance(book, BaseException):
+            raise book
+        failures = await self._judge(judged, *book)
+        for (ask, order), failure in zip(judged, failures, strict=True):
+            if failure is None:
+                self.approved[order.id] = _as_open(order, ask.mid)
+            ask.answer.set_result(failure)
+
+    async def _judge(
+        self,
+        judged: list[tuple[_Ask, Order]],
+        portfolio: PortfolioView,
+        resting: dict[str, list[RestingOrder]],
+    ) -> list[VolexError | None]:
+        """Risk's and compliance's decisions on the orders, in one call to each."""
+        pre_trade = PreTradeBatch(
+            portfolio=portfolio,
+            orders=[
+                PreTradeOrder(
+                    client_order_id=order.client_order_id,
+                    exchange=order.exchange,
+                    symbol=order.symbol,
+                    side=OrderSide(order.side),
+                    type=OrderType(order.type),
+                    amount=order.amount,
+                    price=order.price or order.stop_price,
+                    reduce_only=order.reduce_only,
+                    stop_loss=order.stop_loss,
+                    reference_price=ask.mid,
+                    reference_age_ms=ask.age_ms,
+                    market=ask.market.rules(),
+                )
+                for ask, order in judged
+            ],
+        )
+        policy = PolicyBatch(
+            orders=[
+                PolicyRequest(
+                    client_order_id=order.client_order_id,
+                    exchange=order.exchange,
+                    symbol=order.symbol,
+                    side=OrderSide(order.side),
+                    type=OrderType(order.type),
+                    amount=order.amount,
+                    price=order.price or order.stop_price,
+                    reference_price=ask.mid,
+                    resting_orders=resting.get(order.symbol, []),
+                    requested_by=order.requested_by,
+                )
+                for ask, order in judged
+            ]
         )
         with self._stage("checks"):
             answers: tuple[Any, ...] = await asyncio.gather(
-                self.agents.risk.post("/checks/pre-trade", json=pre_trade.model_dump(mode="json")),
-                self.agents.compliance.post("/checks/policy", json=policy.model_dump(mode="json")),
+                self.agents.risk.post(
+                    "/checks/pre-trade/batch", json=pre_trade.model_dump(mode="json")
+                ),
+                self.agents.compliance.post(
+                    "/checks/policy/batch", json=policy.model_dump(mode="json")
+                ),
                 return_exceptions=True,
             )
-        risk, compliance = answers
-        for name, answer in (("risk", risk), ("compliance", compliance)):
+        decided: list[list[CheckDecision]] = []
+        for name, answer in zip(("risk", "compliance"), answers, strict=True):
             if isinstance(answer, ServiceUnavailable):
                 raise ServiceUnavailable(f"order refused: {name} unavailable ({answer.message})")
             if isinstance(answer, BaseException):
                 raise ServiceUnavailable(f"order refused: {name} check failed ({answer})")
-        for name, answer in (("risk", risk), ("compliance", compliance)):
-            decision = CheckDecision.model_validate(answer)
-            if not decision.approved:
+            decisions = CheckDecisions.model_validate(answer).decisions
+            if len(decisions) != len(judged):
+                raise ServiceUnavailable(
+                    f"order refused: {name} answered {len(decisions)} decisions "
+                    f"for {len(judged)} orders"
+                )
+            decided.append(decisions)
+        failures: list[VolexError | None] = []
+        why_stopped: str | None = None  # asked of risk once per batch, if needed
+        for by_risk, by_compliance in zip(*decided, strict=True):
+            failure: VolexError | None = None
+            for name, decision in (("risk", by_risk), ("compliance", by_compliance)):
+                if decision.approved:
+                    continue
                 failed = decision.rejections
                 reasons = "; ".join(f"{c.rule}: {c.detail}" for c in failed)
                 message = f"rejected by {name}: {reasons}"
                 if all("state" in c.rule for c in failed):
-                    raise Conflict(await self._state_message(message))
-                raise Unprocessable(message)
+                    if why_stopped is None:
+                        why_stopped = await self._why_stopped()
+                    failure = Conflict(f"{why_stopped} ({message})" if why_stopped else message)
+                else:
+                    failure = Unprocessable(message)
+                break
+            failures.append(failure)
+        return failures
 
-    async def _state_message(self, message: str) -> str:
-        """A refusal for the trading state says why trading stopped (the halt reason)."""
+    async def _why_stopped(self) -> str:
+        """Why trading stopped (the halt reason), for a refusal for the trading state;
+        empty if risk cannot say."""
         try:
             state = await self.agents.risk.get("/state")
         except VolexError:
-            return message
-        return f"trading is {state.get('state')}: {state.get('reason')} ({message})"
+            return ""
+        return f"trading is {state.get('state')}: {state.get('reason')}"
 
     def _gate_refusal(self, order: Order) -> str | None:
         if order.reduce_only or self.gate == TradingState.ACTIVE:
@@ -520,10 +606,8 @@ class OrderService:
         )
 
     # --- portfolio -----------------------------------------------------------------------------
-    async def portfolio(
-        self, exchange: str, symbol: str | None = None
-    ) -> tuple[PortfolioView, list[RestingOrder]]:
-        """The account as risk should see it, and our resting orders in `symbol`."""
+    async def portfolio(self, exchange: str) -> tuple[PortfolioView, dict[str, list[RestingOrder]]]:
+        """The account as risk should see it, and our resting orders by symbol."""
         adapter = self.exchanges.get(exchange)
         # Before the ledger is read: an order recorded in between counts twice, never not at all.
         on_their_way = [o for o in self.approved.values() if o.exchange == exchange]
@@ -558,16 +642,14 @@ class OrderService:
             realized_pnl_today=realized,
             open_orders=open_orders,
         )
-        # What compliance's wash-trade rule looks at: our limit prices resting in `symbol`
-        # (a stop waiting for its trigger is not on the book).
-        resting = [
-            RestingOrder(side=OrderSide(o.side), price=o.price, amount=o.amount - o.filled)
-            for o in live
-            if o.symbol == symbol
-            and o.status in repo.LIVE
-            and o.price is not None
-            and o.amount > o.filled
-        ]
+        # What compliance's wash-trade rule looks at: our limit prices resting on the book
+        # (a stop waiting for its trigger is not on it).
+        resting: dict[str, list[RestingOrder]] = {}
+        for o in live:
+            if o.status in repo.LIVE and o.price is not None and o.amount > o.filled:
+                resting.setdefault(o.symbol, []).append(
+                    RestingOrder(side=OrderSide(o.side), price=o.price, amount=o.amount - o.filled)
+                )
         return view, resting
 
     def _book(self, exchange: str, since: datetime) -> tuple[list[Any], Decimal, list[Order]]:
@@ -587,6 +669,24 @@ class OrderService:
             await self.agents.risk.post("/halt", json={"reason": reason, "flatten": False})
         except VolexError as exc:
             log.error("could not halt trading through risk", extra={"reason": exc.message})
+
+
+@dataclasses.dataclass
+class _Ask:
+    """An order waiting for risk's and compliance's approval."""
+
+    claim: asyncio.Future[Order | None]  # committing meanwhile; None: the id is taken
+    market: Market
+    mid: Decimal  # the reference price, and how old it is
+    age_ms: int
+    refusal: VolexError | None  # found before the checks (its brackets): not judged
+    answer: asyncio.Future[VolexError | None]  # None: approved (or not claimed)
+
+
+def _answer_the_rest(batch: list[_Ask], failure: VolexError) -> None:
+    for ask in batch:
+        if not ask.answer.done():
+            ask.answer.set_result(failure)
 
 
 def _as_open(order: Order, price: Decimal) -> OpenOrder:

@@ -390,19 +390,22 @@ def test_concurrent_orders_are_judged_with_each_other(stack: Stack) -> None:
     tight = {**saved, "max_position_pct": str(limit)}
     httpx.put(url, json=_editable(tight), headers=stack.auth(), timeout=10).raise_for_status()
     try:
+        ids = [new_cid() for _ in range(6)]
         with ThreadPoolExecutor(max_workers=6) as pool:
             answers = list(
                 pool.map(
-                    lambda i: order(
-                        stack, symbol=sol, amount=str(amount), client_order_id=new_cid()
-                    ),
-                    range(6),
+                    lambda cid: order(stack, symbol=sol, amount=str(amount), client_order_id=cid),
+                    ids,
                 )
             )
         codes = sorted(a.status_code for a in answers)
         assert codes == [201, 422, 422, 422, 422, 422], [a.text for a in answers]
         refused = [a.json()["detail"] for a in answers if a.status_code == 422]
         assert all("max_position_pct" in r for r in refused), refused
+        # Judged once each, whether alone or in a batch with the others.
+        stored = [stack.get("risk", f"/checks/{cid}").json() for cid in ids]
+        assert [len(checks) for checks in stored] == [1] * 6, stored
+        assert sorted(checks[0]["approved"] for checks in stored) == [False] * 5 + [True]
     finally:
         httpx.put(url, json=_editable(saved), headers=stack.auth(), timeout=10).raise_for_status()
         close_position(stack, sol)
