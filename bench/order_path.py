@@ -152,9 +152,12 @@ def main() -> None:
         def order_c(i: int) -> dict[str, str]:
             return order(offset + i)
 
+        before = approval_batches(settings.url_of("execution"))
         tput, codes = asyncio.run(
             concurrent(orders_url, headers, args.concurrent_orders, args.clients, order_c)
         )
+        after = approval_batches(settings.url_of("execution"))
+        batches = (after[0] - before[0], after[1] - before[1])
         engine = create_engine(settings.resolved_database_url())
         with engine.connect() as conn:
             rows = conn.execute(
@@ -217,6 +220,21 @@ def main() -> None:
         f"audit trail: {trail[0]} orders with an order.completed event at compliance "
         f"(of {rows[2]} filled), {trail[1]} events still queued at the end"
     )
+    print(
+        f"approvals with {args.clients} clients: {batches[0]:.0f} batches for "
+        f"{batches[1]:.0f} orders (mean {batches[1] / max(batches[0], 1):.1f} per batch)"
+    )
+
+
+def approval_batches(execution_url: str) -> tuple[float, float]:
+    """Execution's approval batches so far: (how many, orders in them)."""
+    text = httpx.get(execution_url + "/metrics").text
+    found = dict.fromkeys(("count", "sum"), 0.0)
+    for line in text.splitlines():
+        for key in found:
+            if line.startswith(f"volex_order_approval_batch_size_{key} "):
+                found[key] = float(line.split()[1])
+    return found["count"], found["sum"]
 
 
 def audit_trail(engine: Engine, pattern: str, wait_s: float = 60) -> tuple[int, int]:

@@ -8,9 +8,9 @@ import contextlib
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.clients import Agents
@@ -23,6 +23,7 @@ BATCH = 200
 GATHER_S = 0.2
 REFUSED = frozenset({400, 409, 422})  # compliance found the event invalid: not an outage
 REFUSED_RETRY_S = 300.0
+_QUEUE = insert(cast(Table, OutboxEvent.__table__))
 
 
 def record(session: Session, service: str, event: AuditEventIn) -> None:
@@ -34,7 +35,11 @@ def record(session: Session, service: str, event: AuditEventIn) -> None:
     if event.event_id is None:
         update["event_id"] = uuid.uuid4().hex
     event = event.model_copy(update=update)
-    session.add(OutboxEvent(service=service, payload=event.model_dump(mode="json"), attempts=0))
+    # A plain INSERT, run now (queued events keep the order they were recorded in);
+    # through the ORM's unit of work it cost three times as much, three times an order.
+    session.execute(
+        _QUEUE, {"service": service, "payload": event.model_dump(mode="json"), "attempts": 0}
+    )
 
 
 class OutboxRelay:

@@ -20,15 +20,19 @@ UNSETTLED = frozenset({"pending", "unknown"})
 NOT_FINAL = UNSETTLED | LIVE
 
 
+# The order path's inserts are built once and run with parameters: building one per call
+# (`.values(**row)`) was a third of a claim's CPU time.
+_CLAIM = insert(Order).on_conflict_do_nothing(index_elements=["client_order_id"]).returning(Order)
+_ADD_FILL = (
+    insert(Fill).on_conflict_do_nothing(index_elements=["exchange", "trade_id"]).returning(Fill.id)
+)
+
+
 def claim(session: Session, values: dict[str, Any]) -> Order | None:
     """Insert a pending order; None if its client order id is already taken. One
     statement: the row comes back with the insert."""
-    return session.scalars(
-        insert(Order)
-        .values(status="pending", filled=Decimal(0), fee=Decimal(0), **values)
-        .on_conflict_do_nothing(index_elements=["client_order_id"])
-        .returning(Order)
-    ).one_or_none()
+    row = {**values, "status": "pending", "filled": Decimal(0), "fee": Decimal(0)}
+    return session.scalars(_CLAIM, row).one_or_none()
 
 
 def by_client_id(session: Session, client_order_id: str) -> Order | None:
@@ -87,12 +91,7 @@ def brackets(
 
 def add_fill(session: Session, values: dict[str, Any]) -> bool:
     """Record a trade once; False when it was already recorded."""
-    inserted = session.execute(
-        insert(Fill)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["exchange", "trade_id"])
-        .returning(Fill.id)
-    ).scalar_one_or_none()
+    inserted = session.execute(_ADD_FILL, values).scalar_one_or_none()
     return inserted is not None
 
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agents.risk import rules
+from agents.risk import book, rules
 from agents.risk.rules import CheckContext, RecentOrder
 from agents.risk.schemas import Limits
 from common.contracts import (
@@ -485,3 +485,61 @@ def test_posting_them_is_422_naming_the_field(
     assert response.status_code == 422, response.text
     field = ".".join(str(part) for part in ("body", *path))
     assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
+# --- batches -------------------------------------------------------------------------------
+@st.composite
+def batches(draw: st.DrawFn) -> tuple[list[PreTradeRequest], Limits, CheckContext]:
+    """Orders judged in turn against the first one's account, mostly in its market."""
+    first = draw(requests())
+    orders = [first]
+    for other in draw(st.lists(requests(), min_size=1, max_size=3)):
+        market = draw(mostly(st.just(True), st.just(False)))
+        where = {"exchange": first.exchange, "symbol": first.symbol} if market else {}
+        orders.append(other.model_copy(update={**where, "portfolio": first.portfolio}))
+    return orders, draw(limits_), draw(contexts(first))
+
+
+def _as_resting(req: PreTradeRequest) -> OpenOrder:
+    """An approved order as the oracle counts it, built here: at its own price, or the
+    reference price for a market order."""
+    price = req.price if req.type is not OrderType.market and req.price else req.reference_price
+    assert price is not None  # approved orders have a price (the collar)
+    return OpenOrder(
+        exchange=req.exchange,
+        symbol=req.symbol,
+        side=req.side,
+        amount=req.amount,
+        price=price,
+        reduce_only=req.reduce_only,
+    )
+
+
+def test_orders_approved_in_turn_break_no_limit_together() -> None:
+    """Each order of a batch is judged against the account plus the orders approved
+    before it (`book.with_resting`, as risk's batch check does); whenever one is approved,
+    the oracle, on the account with every earlier approval resting, finds nothing broken."""
+    seen = {"approved after another": 0, "rejected after another": 0}
+
+    @settings(max_examples=600, deadline=None, database=None)
+    @given(batches())
+    def check(case: tuple[list[PreTradeRequest], Limits, CheckContext]) -> None:
+        orders, limits, ctx = case
+        account = orders[0].portfolio
+        running = account
+        before: list[OpenOrder] = []
+        for order in orders:
+            results = rules.evaluate(book.request(order, running), limits, ctx)
+            if not all(r.passed for r in results):
+                seen["rejected after another"] += bool(before)
+                continue
+            seen["approved after another"] += bool(before)
+            resting = account.model_copy(update={"open_orders": [*account.open_orders, *before]})
+            with localcontext(WIDE):
+                found = broken_limits(order.model_copy(update={"portfolio": resting}), limits, ctx)
+            assert found == [], [r.detail for r in results]
+            before.append(_as_resting(order))
+            running = book.with_resting(running, book.request(order, running))
+
+    check()
+    assert seen["approved after another"] >= 20 and seen["rejected after another"] >= 20, seen
