@@ -35,6 +35,13 @@ def claim(session: Session, values: dict[str, Any]) -> Order | None:
     return session.scalars(_CLAIM, row).one_or_none()
 
 
+def lock_orders(session: Session, order_ids: Sequence[int]) -> None:
+    """Lock these order rows, in id order."""
+    session.execute(
+        select(Order.id).where(Order.id.in_(order_ids)).order_by(Order.id).with_for_update()
+    ).all()
+
+
 def by_client_id(session: Session, client_order_id: str) -> Order | None:
     return session.scalars(select(Order).where(Order.client_order_id == client_order_id)).first()
 

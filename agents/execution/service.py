@@ -114,6 +114,11 @@ class OrderService:
         self.approval_locks: dict[str, asyncio.Lock] = {}
         self.approval_queues: dict[str, list[_Ask]] = {}  # waiting for the lock, per account
         self.batch_sizes: Histogram | None = None  # set by the app: orders per approval
+        # Answers from the exchange waiting to be recorded, per (exchange, symbol).
+        self.record_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.record_queues: dict[
+            tuple[str, str], list[tuple[int, ExchangeOrder, asyncio.Future[Order]]]
+        ] = {}
         self.after_fill: Callable[[Order], Awaitable[None]] = _nothing_after_fill
         self.make_way: Callable[[Order], Awaitable[bool]] = _no_way
 
@@ -444,15 +449,16 @@ class OrderService:
                 await self.db(self._finish, order.id, "rejected", refusal, SERVICE)
                 raise Conflict(refusal)
             try:
-                ex = await adapter.create_order(
-                    order.symbol,
-                    order.side,
-                    order.type,
-                    order.amount,
-                    price=order.price,
-                    stop_price=order.stop_price,
-                    client_order_id=order.client_order_id,
-                )
+                with self._stage("exchange"):
+                    ex = await adapter.create_order(
+                        order.symbol,
+                        order.side,
+                        order.type,
+                        order.amount,
+                        price=order.price,
+                        stop_price=order.stop_price,
+                        client_order_id=order.client_order_id,
+                    )
                 break
             except (ExchangeTimeout, NetworkError) as exc:
                 # The exchange may or may not have it: reconcile by client id, never resend.
@@ -475,7 +481,8 @@ class OrderService:
                     f"{order.exchange} authentication failed; trading halted"
                 ) from exc
         try:
-            recorded = await self.db(self.record, order.id, ex)
+            with self._stage("record"):
+                recorded = await self._record_together(order, ex)
         except ServiceUnavailable as exc:
             raise ServiceUnavailable(
                 f"{order.exchange} accepted order {order.client_order_id!r} but recording it "
@@ -514,38 +521,78 @@ class OrderService:
     # --- ledger -----------------------------------------------------------------------------
     def record(self, order_id: int, ex: ExchangeOrder) -> Order:
         """Bring our row in line with the exchange's order: status, fills, position."""
+        [order] = self.record_all([(order_id, ex)])
+        return order
+
+    def record_all(self, answers: list[tuple[int, ExchangeOrder]]) -> list[Order]:
+        """`record` each (order id, exchange's order), in turn, in one transaction. The
+        order rows are locked first, in id order, then positions: two recorders never
+        wait on each other's rows in opposite orders."""
         with self.sessions.begin() as session:
-            order = repo.get(session, order_id, lock=True)
-            assert order is not None
-            order.exchange_order_id = ex.id
-            pos: Position | None = None  # locked once, after the order row, if needed
-            for trade in ex.trades:
-                if pos is None:
-                    pos = repo.position(session, order.exchange, order.symbol)
-                self._record_trade(session, order, pos, trade)
-            if ex.filled < order.filled:  # an older answer arrived late: keep the newer one
-                return order
-            order.filled, order.fee = ex.filled, ex.fee
-            order.average_price = ex.average
-            status = status_of(ex)
-            was_final = order.status in repo.FINAL
-            if status != order.status:
-                audit(
-                    session,
-                    status_kind(status),
-                    SERVICE,
-                    order.client_order_id,
-                    filled=str(ex.filled),
-                    exchange_order_id=ex.id,
-                    **({"reason": ex.reason} if ex.reason else {}),
-                )
-                order.status = status
-                if ex.reason:  # why the exchange expired or cancelled it, when it says
-                    order.reason = ex.reason
-            armable = order.role == "entry" and order.filled > 0
-            if armable and status in repo.FINAL and not was_final:
-                _arm_position(order, pos or repo.position(session, order.exchange, order.symbol))
+            if len(answers) > 1:
+                repo.lock_orders(session, [order_id for order_id, _ in answers])
+            return [self._record(session, order_id, ex) for order_id, ex in answers]
+
+    def _record(self, session: Session, order_id: int, ex: ExchangeOrder) -> Order:
+        order = repo.get(session, order_id, lock=True)
+        assert order is not None
+        order.exchange_order_id = ex.id
+        pos: Position | None = None  # locked once, after the order row, if needed
+        for trade in ex.trades:
+            if pos is None:
+                pos = repo.position(session, order.exchange, order.symbol)
+            self._record_trade(session, order, pos, trade)
+        if ex.filled < order.filled:  # an older answer arrived late: keep the newer one
             return order
+        order.filled, order.fee = ex.filled, ex.fee
+        order.average_price = ex.average
+        status = status_of(ex)
+        was_final = order.status in repo.FINAL
+        if status != order.status:
+            audit(
+                session,
+                status_kind(status),
+                SERVICE,
+                order.client_order_id,
+                filled=str(ex.filled),
+                exchange_order_id=ex.id,
+                **({"reason": ex.reason} if ex.reason else {}),
+            )
+            order.status = status
+            if ex.reason:  # why the exchange expired or cancelled it, when it says
+                order.reason = ex.reason
+        armable = order.role == "entry" and order.filled > 0
+        if armable and status in repo.FINAL and not was_final:
+            _arm_position(order, pos or repo.position(session, order.exchange, order.symbol))
+        return order
+
+    async def _record_together(self, order: Order, ex: ExchangeOrder) -> Order:
+        """`record` the exchange's answer to an order just sent. One transaction at a time
+        per market: whoever holds its lock records every answer that queued meanwhile,
+        under one lock of the position row and one commit (orders sent together used to
+        queue one by one for that row, a commit each)."""
+        key = (order.exchange, order.symbol)
+        queue = self.record_queues.setdefault(key, [])
+        done: asyncio.Future[Order] = asyncio.get_running_loop().create_future()
+        queue.append((order.id, ex, done))
+        async with self.record_locks.setdefault(key, asyncio.Lock()):
+            while not done.done():
+                batch = queue[:MAX_BATCH]
+                del queue[: len(batch)]
+                try:
+                    recorded = await self.db(self.record_all, [(i, e) for i, e, _ in batch])
+                except ServiceUnavailable as exc:
+                    for *_, waiting in batch:
+                        waiting.set_exception(exc)
+                except BaseException:  # cancelled, or a bug: nobody waits for ever
+                    for *_, waiting in batch:
+                        if not waiting.done():
+                            waiting.set_exception(ServiceUnavailable("recording interrupted"))
+                    raise
+                else:
+                    for (*_, waiting), row in zip(batch, recorded, strict=True):
+                        waiting.set_result(row)
+        return done.result()
 
     def _record_trade(self, session: Session, order: Order, pos: Position, trade: Any) -> None:
         quote = order.symbol.split("/")[1]

@@ -134,17 +134,26 @@ def reset_peak(session: Session, peak: Decimal) -> tuple[Decimal, Decimal]:
 
 
 # --- check decisions -----------------------------------------------------------------------
-def approved_since(session: Session, now: datetime, seconds: int, exclude: str) -> int:
-    """How many other orders were approved in the last `seconds` (counted in SQL)."""
-    return int(
-        session.execute(
-            select(func.count(func.distinct(RiskCheck.client_order_id))).where(
-                RiskCheck.approved.is_(True),
-                RiskCheck.checked_at > now - timedelta(seconds=seconds),
-                RiskCheck.client_order_id != exclude,
-            )
-        ).scalar_one()
+def approved_since(
+    session: Session, now: datetime, seconds: int, among: Sequence[str]
+) -> tuple[int, set[str]]:
+    """Orders approved in the last `seconds`: how many others than `among`, and which of
+    `among` were (counted in SQL, once for a whole batch of checks)."""
+    recent = (
+        RiskCheck.approved.is_(True),
+        RiskCheck.checked_at > now - timedelta(seconds=seconds),
     )
+    others = session.execute(
+        select(func.count(func.distinct(RiskCheck.client_order_id))).where(
+            *recent, RiskCheck.client_order_id.not_in(among)
+        )
+    ).scalar_one()
+    seen = session.execute(
+        select(RiskCheck.client_order_id)
+        .distinct()
+        .where(*recent, RiskCheck.client_order_id.in_(among))
+    ).scalars()
+    return int(others), set(seen)
 
 
 def recent_approved(

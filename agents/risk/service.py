@@ -150,20 +150,23 @@ def pre_trade_batch(
     halted = _halt_on_drawdown(session, portfolio.equity, peak_before, limits, state, service)
     if halted is not None:
         state = halted.state
+    # The rate rule's count, read once: other orders approved in the window, and those of
+    # this batch approved there before (a re-check), then the batch's own approvals.
+    others, approved_ids = repo.approved_since(
+        session, now, rules.RATE_WINDOW_S, [o.client_order_id for o in orders]
+    )
     decisions = []
     for order in orders:
         req = book.request(order, portfolio)
         context = rules.CheckContext(
             state=state,
             peak_equity=peak_before,
-            # Only look-alikes for the duplicate rule; the rate rule gets a count. Both
-            # see the decisions stored for the batch's earlier orders.
+            # Only look-alikes for the duplicate rule (it sees the batch's earlier orders:
+            # their decisions are stored by then).
             recent_approved=repo.recent_approved(session, now, limits.duplicate_window_s, like=req)
             if limits.duplicate_window_s
             else [],
-            approved_last_minute=repo.approved_since(
-                session, now, rules.RATE_WINDOW_S, req.client_order_id
-            ),
+            approved_last_minute=others + len(approved_ids - {req.client_order_id}),
         )
         results = rules.evaluate(req, limits, context)
         approved = all(result.passed for result in results)
@@ -186,6 +189,7 @@ def pre_trade_batch(
         decisions.append(CheckDecision(approved=approved, checks=results, state=state))
         if approved:
             portfolio = book.with_resting(portfolio, req)
+            approved_ids.add(req.client_order_id)
     return CheckOutcome(decisions, halted)
 
 

@@ -409,3 +409,52 @@ def test_concurrent_orders_are_judged_with_each_other(stack: Stack) -> None:
     finally:
         httpx.put(url, json=_editable(saved), headers=stack.auth(), timeout=10).raise_for_status()
         close_position(stack, sol)
+
+
+def test_orders_sent_together_are_each_recorded_once(stack: Stack) -> None:
+    """Answers that arrive together are recorded together (one transaction per market):
+    every order filled, one fill row per trade, and the position is the sum of them."""
+    xrp = "XRP/USDT"
+    closed = close_position(stack, xrp)
+    assert closed.status_code == 200, closed.text
+    engine = stack.engine()
+    held = "SELECT amount, realized_pnl FROM positions WHERE exchange = 'sim' AND symbol = :s"
+    with engine.connect() as conn:
+        before = conn.execute(text(held), {"s": xrp}).one_or_none()
+    realized_before = before.realized_pnl if before is not None else Decimal(0)
+    assert before is None or before.amount == 0
+    mid = Decimal(stack.get("execution", "/ticker/sim/XRP-USDT").json()["last"])
+    smallest = (Decimal(15) / mid).to_integral_value() + 1  # over the 10 USDT minimum
+    amounts = [smallest + i for i in range(12)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(
+            pool.map(
+                lambda a: order(stack, symbol=xrp, amount=str(a), client_order_id=new_cid()),
+                amounts,
+            )
+        )
+    try:
+        assert [a.status_code for a in answers] == [201] * 12, [a.text for a in answers]
+        placed = [a.json() for a in answers]
+        assert all(p["status"] == "filled" for p in placed), placed
+        with engine.connect() as conn:
+            fills = conn.execute(
+                text(
+                    "SELECT order_id, amount, price, fee, realized_pnl FROM fills"
+                    " WHERE order_id = ANY(:ids)"
+                ),
+                {"ids": [p["id"] for p in placed]},
+            ).all()
+            after = conn.execute(text(held), {"s": xrp}).one()
+        assert sorted(f.order_id for f in fills) == sorted(p["id"] for p in placed)
+        assert after.amount == sum(amounts)
+        assert after.realized_pnl - realized_before == sum(f.realized_pnl for f in fills)
+        assert sum(f.realized_pnl for f in fills) == -sum(f.fee for f in fills)  # fees in USDT
+        average = sum(f.amount * f.price for f in fills) / sum(f.amount for f in fills)
+        position = next(
+            p for p in stack.get("execution", "/positions/sim").json() if p["symbol"] == xrp
+        )
+        assert abs(Decimal(position["entry_price"]) - average) < Decimal("0.000001"), position
+    finally:
+        close_position(stack, xrp)
+        engine.dispose()

@@ -84,6 +84,24 @@ def test_the_rate_limit_counts_the_batch(risk: Risk) -> None:
     assert failed(third) == {"max_orders_per_minute"}
 
 
+def test_an_order_checked_again_counts_once_for_the_rate(risk: Risk) -> None:
+    """Room for one more order: A is approved; A checked again (a retry) with B in one
+    batch passes (A is not counted against itself), and B, after A, is one too many."""
+    [row] = risk.rows(
+        "SELECT count(DISTINCT client_order_id) AS n FROM risk_checks"
+        " WHERE approved AND checked_at > now() - interval '60 seconds'"
+    )
+    risk.ok(risk.put("/limits", {"max_orders_per_minute": int(row["n"]) + 1}))
+    try:
+        first = risk.order()
+        assert risk.check(first)["approved"] is True
+        again, other = decisions(risk, [first, risk.order()], {})
+    finally:
+        risk.ok(risk.put("/limits", {"max_orders_per_minute": 100_000}))
+    assert again["approved"] is True, again
+    assert failed(other) == {"max_orders_per_minute"}
+
+
 def test_a_halt_rejects_the_whole_batch_but_reduce_only(risk: Risk) -> None:
     risk.halt("batch test")
     try:
