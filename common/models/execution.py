@@ -15,6 +15,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -34,6 +35,16 @@ class Order(Base):
     """
 
     __tablename__ = "orders"
+    __table_args__ = (
+        # The orders not yet final, per exchange: what the reconciler, the bracket keeper
+        # and every approval read (execution_0003).
+        Index(
+            "ix_orders_unfinished",
+            "exchange",
+            "id",
+            postgresql_where=text("status IN ('pending', 'unknown', 'open', 'partially_filled')"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     client_order_id: Mapped[str] = mapped_column(String(64), unique=True)
