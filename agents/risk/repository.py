@@ -143,17 +143,14 @@ def approved_since(
         RiskCheck.approved.is_(True),
         RiskCheck.checked_at > now - timedelta(seconds=seconds),
     )
-    others = session.execute(
-        select(func.count(func.distinct(RiskCheck.client_order_id))).where(
-            *recent, RiskCheck.client_order_id.not_in(among)
-        )
-    ).scalar_one()
-    seen = session.execute(
-        select(RiskCheck.client_order_id)
-        .distinct()
-        .where(*recent, RiskCheck.client_order_id.in_(among))
-    ).scalars()
-    return int(others), set(seen)
+    cid = RiskCheck.client_order_id
+    others, seen = session.execute(
+        select(
+            func.count(func.distinct(cid)).filter(cid.not_in(among)),
+            func.array_agg(func.distinct(cid)).filter(cid.in_(among)),
+        ).where(*recent)
+    ).one()
+    return int(others), set(seen or ())
 
 
 def recent_approved(
