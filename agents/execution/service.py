@@ -335,41 +335,28 @@ class OrderService:
         resting: dict[str, list[RestingOrder]],
     ) -> list[VolexError | None]:
         """Risk's and compliance's decisions on the orders, in one call to each."""
+        asked = [(ask, order, _described(order, ask.mid)) for ask, order in judged]
         pre_trade = PreTradeBatch(
             portfolio=portfolio,
             orders=[
                 PreTradeOrder(
-                    client_order_id=order.client_order_id,
-                    exchange=order.exchange,
-                    symbol=order.symbol,
-                    side=OrderSide(order.side),
-                    type=OrderType(order.type),
-                    amount=order.amount,
-                    price=order.price or order.stop_price,
+                    **same,
                     reduce_only=order.reduce_only,
                     stop_loss=order.stop_loss,
-                    reference_price=ask.mid,
                     reference_age_ms=ask.age_ms,
                     market=ask.market.rules(),
                 )
-                for ask, order in judged
+                for ask, order, same in asked
             ],
         )
         policy = PolicyBatch(
             orders=[
                 PolicyRequest(
-                    client_order_id=order.client_order_id,
-                    exchange=order.exchange,
-                    symbol=order.symbol,
-                    side=OrderSide(order.side),
-                    type=OrderType(order.type),
-                    amount=order.amount,
-                    price=order.price or order.stop_price,
-                    reference_price=ask.mid,
+                    **same,
                     resting_orders=resting.get(order.symbol, []),
                     requested_by=order.requested_by,
                 )
-                for ask, order in judged
+                for _, order, same in asked
             ]
         )
         with self._stage("checks"):
@@ -728,6 +715,20 @@ class _Ask:
     age_ms: int
     refusal: VolexError | None  # found before the checks (its brackets): not judged
     answer: asyncio.Future[VolexError | None]  # None: approved (or not claimed)
+
+
+def _described(order: Order, mid: Decimal) -> dict[str, Any]:
+    """What risk's and compliance's checks both say of an order."""
+    return {
+        "client_order_id": order.client_order_id,
+        "exchange": order.exchange,
+        "symbol": order.symbol,
+        "side": OrderSide(order.side),
+        "type": OrderType(order.type),
+        "amount": order.amount,
+        "price": order.price or order.stop_price,
+        "reference_price": mid,
+    }
 
 
 def _answer_the_rest(batch: list[_Ask], failure: VolexError) -> None:

@@ -27,6 +27,17 @@ def batch(stack: Stack, orders: list[dict[str, Any]]) -> httpx.Response:
     )
 
 
+def policy_events(stack: Stack, client_order_id: str) -> list[dict[str, Any]]:
+    page = call(
+        stack,
+        "GET",
+        "/audit",
+        params={"kind": "policy.checked", "subject": client_order_id},
+    ).json()
+    events: list[dict[str, Any]] = page["items"]
+    return events
+
+
 def decisions(stack: Stack, orders: list[dict[str, Any]]) -> list[dict[str, Any]]:
     response = batch(stack, orders)
     assert response.status_code == 200, response.text
@@ -80,13 +91,7 @@ def test_each_decision_is_stored_and_audited_in_order(stack: Stack, set_policy: 
     assert [d["approved"] for d in found] == [True, False, True]
     ids = []
     for body, decision in zip(orders, found, strict=True):
-        page = call(
-            stack,
-            "GET",
-            "/audit",
-            params={"kind": "policy.checked", "subject": body["client_order_id"]},
-        ).json()
-        [event] = page["items"]
+        [event] = policy_events(stack, body["client_order_id"])
         assert event["actor"] == "execution"
         assert event["data"]["checks"] == decision["checks"]
         ids.append(event["id"])
@@ -112,10 +117,4 @@ def test_a_bad_batch_is_422_saying_why_and_records_nothing(
     assert response.status_code == 422, response.text
     assert says in response.text
     for body in orders[:3]:
-        page = call(
-            stack,
-            "GET",
-            "/audit",
-            params={"kind": "policy.checked", "subject": body["client_order_id"]},
-        ).json()
-        assert page["items"] == []
+        assert policy_events(stack, body["client_order_id"]) == []
