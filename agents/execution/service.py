@@ -231,8 +231,21 @@ class OrderService:
         except VolexError as exc:
             refusal = exc
         ask = _Ask(claim, market, mid, age, refusal, asyncio.get_running_loop().create_future())
+        try:
+            return await self._after_claim(req, caller, ask, cid)
+        finally:  # approved or not, sent or not: no longer on its way
+            ask.answer.cancel()  # (if still unanswered: we stopped waiting, do not judge it)
+            if claim.done() and not claim.cancelled() and claim.exception() is None:
+                claimed = claim.result()
+                if claimed is not None:
+                    self.approved.pop(claimed.id, None)
+
+    async def _after_claim(
+        self, req: OrderRequest, caller: Caller, ask: _Ask, cid: str
+    ) -> tuple[Order, bool]:
+        """Approval, then the exchange: the rest of `place` once the claim is under way."""
         await self._approval(req.exchange, ask)
-        order = await claim
+        order = await ask.claim
         self.wake_relay()
         if order is None:  # the client order id is taken (a retry, or a race): same order
             found = await self.db(self._find, cid)
@@ -247,11 +260,8 @@ class OrderService:
         if failure is not None:
             await self.db(self._finish, order.id, "rejected", failure.message, caller.name)
             raise failure
-        try:
-            with self._stage("send_and_record"):
-                return await self.send(order), True
-        finally:
-            self.approved.pop(order.id, None)
+        with self._stage("send_and_record"):
+            return await self.send(order), True
 
     async def _approval(self, exchange: str, ask: _Ask) -> None:
         """Wait for `ask`'s answer. One approval at a time per account: whoever holds the
@@ -309,24 +319,23 @@ class OrderService:
         judged: list[tuple[_Ask, Order]] = []
         for ask, claimed in zip(batch, claims, strict=True):
             if not isinstance(claimed, Order):
-                ask.answer.set_result(None)
+                _answer(ask, None)
             elif ask.refusal is not None:
-                ask.answer.set_result(ask.refusal)
-            else:
+                _answer(ask, ask.refusal)
+            elif not ask.answer.done():  # (done: its caller went away)
                 judged.append((ask, claimed))
         if not judged:
             return
         if isinstance(book, VolexError | ExchangeError):
-            for ask, _ in judged:
-                ask.answer.set_result(book)
+            _answer_the_rest(batch, book)
             return
         if isinstance(book, BaseException):
             raise book
         failures = await self._judge(judged, *book)
         for (ask, order), failure in zip(judged, failures, strict=True):
-            if failure is None:
+            if failure is None and not ask.answer.done():
                 self.approved[order.id] = _as_open(order, ask.mid)
-            ask.answer.set_result(failure)
+            _answer(ask, failure)
 
     async def _judge(
         self,
@@ -714,7 +723,7 @@ class _Ask:
     mid: Decimal  # the reference price, and how old it is
     age_ms: int
     refusal: VolexError | None  # found before the checks (its brackets): not judged
-    answer: asyncio.Future[VolexError | None]  # None: approved (or not claimed)
+    answer: asyncio.Future[VolexError | ExchangeError | None]  # None: approved (or not claimed)
 
 
 def _described(order: Order, mid: Decimal) -> dict[str, Any]:
@@ -731,10 +740,14 @@ def _described(order: Order, mid: Decimal) -> dict[str, Any]:
     }
 
 
-def _answer_the_rest(batch: list[_Ask], failure: VolexError) -> None:
+def _answer(ask: _Ask, failure: VolexError | ExchangeError | None) -> None:
+    if not ask.answer.done():  # (done: answered already, or its caller went away)
+        ask.answer.set_result(failure)
+
+
+def _answer_the_rest(batch: list[_Ask], failure: VolexError | ExchangeError) -> None:
     for ask in batch:
-        if not ask.answer.done():
-            ask.answer.set_result(failure)
+        _answer(ask, failure)
 
 
 def _as_open(order: Order, price: Decimal) -> OpenOrder:
