@@ -266,15 +266,25 @@ class OrderService:
     async def _approval(self, exchange: str, ask: _Ask) -> None:
         """Wait for `ask`'s answer. One approval at a time per account: whoever holds the
         lock judges every order that queued meanwhile, in arrival order, in one call to
-        risk and one to compliance, each order with the ones approved before it (in the
-        batch, and earlier ones still on their way: `approved`) counted as resting orders.
-        Orders sent at the same moment cannot together pass a limit that each passes alone."""
-        queue = self.approval_queues.setdefault(exchange, [])
-        queue.append(ask)
+        risk and one to compliance. Risk counts the orders approved before each one (in
+        the batch, and earlier ones still on their way: `approved`) as resting orders;
+        compliance's wash-trade rule sees the batch's earlier limit orders and those
+        resting on the exchange. Orders sent at the same moment cannot together pass a
+        limit that each passes alone."""
+        self.approval_queues.setdefault(exchange, []).append(ask)
+        while not ask.answer.done():
+            # Shielded: a caller that stops waiting does not stop the batch it is judging
+            # (the others' answers) nor free the lock before the batch is done.
+            await asyncio.shield(self._approve_next(exchange, ask))
+
+    async def _approve_next(self, exchange: str, ask: _Ask) -> None:
         async with self._approval_lock(exchange):
-            while not ask.answer.done():
-                batch = queue[:MAX_BATCH]
-                del queue[: len(batch)]
+            if ask.answer.done():  # judged in the batch before
+                return
+            queue = self.approval_queues[exchange]
+            batch = queue[:MAX_BATCH]
+            del queue[: len(batch)]
+            if batch:
                 await self._approve_batch(exchange, batch)
 
     def _approval_lock(self, exchange: str) -> asyncio.Lock:
@@ -334,7 +344,11 @@ class OrderService:
         failures = await self._judge(judged, *book)
         for (ask, order), failure in zip(judged, failures, strict=True):
             if failure is None and not ask.answer.done():
-                self.approved[order.id] = _as_open(order, ask.mid)
+                # Valued as risk values it: at its limit (or stop) price, a market order at
+                # the mid (as `portfolio` values our resting orders).
+                self.approved[order.id] = _as_open(
+                    order, order.price or order.stop_price or ask.mid
+                )
             _answer(ask, failure)
 
     async def _judge(
@@ -568,27 +582,37 @@ class OrderService:
         under one lock of the position row and one commit (orders sent together used to
         queue one by one for that row, a commit each)."""
         key = (order.exchange, order.symbol)
-        queue = self.record_queues.setdefault(key, [])
         done: asyncio.Future[Order] = asyncio.get_running_loop().create_future()
-        queue.append((order.id, ex, done))
-        async with self.record_locks.setdefault(key, asyncio.Lock()):
-            while not done.done():
-                batch = queue[:MAX_BATCH]
-                del queue[: len(batch)]
-                try:
-                    recorded = await self.db(self.record_all, [(i, e) for i, e, _ in batch])
-                except ServiceUnavailable as exc:
-                    for *_, waiting in batch:
-                        waiting.set_exception(exc)
-                except BaseException:  # cancelled, or a bug: nobody waits for ever
-                    for *_, waiting in batch:
-                        if not waiting.done():
-                            waiting.set_exception(ServiceUnavailable("recording interrupted"))
-                    raise
-                else:
-                    for (*_, waiting), row in zip(batch, recorded, strict=True):
-                        waiting.set_result(row)
+        self.record_queues.setdefault(key, []).append((order.id, ex, done))
+        while not done.done():
+            # Shielded: an answer is recorded even if its caller stopped waiting.
+            await asyncio.shield(self._record_next(key, done))
         return done.result()
+
+    async def _record_next(self, key: tuple[str, str], done: asyncio.Future[Order]) -> None:
+        async with self.record_locks.setdefault(key, asyncio.Lock()):
+            if done.done():  # recorded with the batch before
+                return
+            queue = self.record_queues[key]
+            batch = queue[:MAX_BATCH]
+            del queue[: len(batch)]
+            if not batch:
+                return
+            try:
+                rows = await self.db(self.record_all, [(i, e) for i, e, _ in batch])
+            except Exception as exc:
+                if len(batch) == 1:
+                    _fail_recording(batch[0][2], exc)
+                    return
+                # One answer that cannot be recorded does not hold back the others.
+                for order_id, ex, waiting in batch:
+                    try:
+                        waiting.set_result(await self.db(self.record, order_id, ex))
+                    except Exception as one:
+                        _fail_recording(waiting, one)
+                return
+            for (_, _, waiting), row in zip(batch, rows, strict=True):
+                waiting.set_result(row)
 
     def _record_trade(self, session: Session, order: Order, pos: Position, trade: Any) -> None:
         quote = order.symbol.split("/")[1]
@@ -738,6 +762,14 @@ def _described(order: Order, mid: Decimal) -> dict[str, Any]:
         "price": order.price or order.stop_price,
         "reference_price": mid,
     }
+
+
+def _fail_recording(waiting: asyncio.Future[Order], exc: Exception) -> None:
+    """Its caller hears it (a 503: the reconciler records the answer later)."""
+    if not isinstance(exc, ServiceUnavailable):
+        log.error("recording an exchange answer failed", exc_info=exc)
+        exc = ServiceUnavailable(f"recording failed ({exc.__class__.__name__})")
+    waiting.set_exception(exc)
 
 
 def _answer(ask: _Ask, failure: VolexError | ExchangeError | None) -> None:
