@@ -120,6 +120,20 @@ class Stack:
         headers = kwargs.pop("headers", None) or self.auth()
         return httpx.get(self.url(service) + path, headers=headers, timeout=10, **kwargs)
 
+    def post(
+        self,
+        service: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        timeout: float = 30,
+    ) -> httpx.Response:
+        """POST `body` as JSON to `service` with the operator's token (or `token`)."""
+        return httpx.post(
+            self.url(service) + path, json=body, headers=self.auth(token), timeout=timeout
+        )
+
     def health(self, service: str) -> httpx.Response:
         return httpx.get(self.url(service) + "/health", timeout=10)
 

@@ -10,9 +10,7 @@ from tests.conftest import Stack
 
 
 def _post(stack: Stack, body: object) -> httpx.Response:
-    return httpx.post(
-        stack.url("compliance") + "/audit/events/batch", json=body, headers=stack.auth(), timeout=30
-    )
+    return stack.post("compliance", "/audit/events/batch", body)
 
 
 def _events(stack: Stack, subject: str) -> list[dict[str, object]]:
@@ -63,9 +61,7 @@ def test_a_resent_event_id_is_stored_once(stack: Stack) -> None:
     again = _post(stack, body)  # the first two again, and a new one
     assert again.status_code == 201, again.text
     assert [e["id"] for e in again.json()[:2]] == [e["id"] for e in first.json()]
-    single = httpx.post(
-        stack.url("compliance") + "/audit/events", json=body[2], headers=stack.auth(), timeout=30
-    )
+    single = stack.post("compliance", "/audit/events", body[2])
     assert single.status_code == 201 and single.json()["id"] == again.json()[2]["id"]
     twice_in_one = _post(stack, [body[0], body[0]])
     assert [e["id"] for e in twice_in_one.json()] == [first.json()[0]["id"]] * 2
@@ -75,12 +71,7 @@ def test_a_resent_event_id_is_stored_once(stack: Stack) -> None:
     # Another caller's event with the same id is its own event.
     from tests.agents.compliance.conftest import service_token
 
-    other = httpx.post(
-        stack.url("compliance") + "/audit/events",
-        json=body[0],
-        headers=stack.auth(service_token(stack, "risk")),
-        timeout=30,
-    )
+    other = stack.post("compliance", "/audit/events", body[0], token=service_token(stack, "risk"))
     assert other.status_code == 201 and other.json()["id"] not in {e["id"] for e in stored}
 
 

@@ -81,18 +81,9 @@ def _editable(limits: dict[str, object]) -> dict[str, object]:
 @pytest.fixture
 def active(stack: Stack) -> None:
     # Risk's own tests leave a synthetic 100,000 equity peak; the sim account is ~10,000.
-    httpx.post(
-        stack.url("risk") + "/drawdown/reset",
-        json={"reason": "test setup", "equity": "1"},
-        headers=stack.auth(),
-        timeout=30,
-    ).raise_for_status()
+    reset = {"reason": "test setup", "equity": "1"}
+    stack.post("risk", "/drawdown/reset", reset).raise_for_status()
     # Always: a halt risk could not record (its database-outage test) still closed
     # execution's own gate, and only a resume opens it again.
-    httpx.post(
-        stack.url("risk") + "/resume",
-        json={"reason": "test setup"},
-        headers=stack.auth(),
-        timeout=30,
-    ).raise_for_status()
+    stack.post("risk", "/resume", {"reason": "test setup"}).raise_for_status()
     httpx.delete(stack.url("execution") + "/exchanges/sim/faults", headers=stack.auth(), timeout=10)

@@ -17,15 +17,8 @@ def order(stack: Stack, **body: object) -> httpx.Response:
     body.setdefault("symbol", "BTC/USDT")
     body.setdefault("side", "buy")
     body.setdefault("type", "market")
-    return httpx.post(
-        stack.url("execution") + "/orders", json=body, headers=stack.auth(), timeout=30
-    )
+    return stack.post("execution", "/orders", body)
 
 
 def close_position(stack: Stack, symbol: str, exchange: str = "sim") -> httpx.Response:
-    return httpx.post(
-        stack.url("execution") + f"/positions/{exchange}/close",
-        json={"symbol": symbol},
-        headers=stack.auth(),
-        timeout=30,
-    )
+    return stack.post("execution", f"/positions/{exchange}/close", {"symbol": symbol})

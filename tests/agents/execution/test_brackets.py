@@ -8,7 +8,6 @@ import time
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import text
 
@@ -139,12 +138,7 @@ def test_a_halt_cancels_the_legs_and_execution_watches_until_resume(stack: Stack
     )
     before = _legs(stack)
     assert len(before) == 2
-    halted = httpx.post(
-        stack.url("risk") + "/halt",
-        json={"reason": "bracket drill", "flatten": False},
-        headers=stack.auth(),
-        timeout=30,
-    )
+    halted = stack.post("risk", "/halt", {"reason": "bracket drill", "flatten": False})
     assert halted.status_code == 200, halted.text
     try:
         stack.wait_for(lambda: _legs(stack) == [], timeout=30, what="the halt to cancel the legs")
@@ -152,12 +146,7 @@ def test_a_halt_cancels_the_legs_and_execution_watches_until_resume(stack: Stack
         assert position is not None and position["protected_by"] == "execution"
         assert Decimal(position["stop_loss"]) == stop  # still armed, watched by execution
     finally:
-        httpx.post(
-            stack.url("risk") + "/resume",
-            json={"reason": "drill over"},
-            headers=stack.auth(),
-            timeout=30,
-        ).raise_for_status()
+        stack.post("risk", "/resume", {"reason": "drill over"}).raise_for_status()
     after = stack.wait_for(lambda: _legs(stack), timeout=30, what="the legs back on the exchange")
     assert _shape(after) == _shape(before) and {o["id"] for o in after}.isdisjoint(
         {o["id"] for o in before}
@@ -167,10 +156,8 @@ def test_a_halt_cancels_the_legs_and_execution_watches_until_resume(stack: Stack
 
 def test_refused_legs_are_not_asked_again_and_execution_watches(stack: Stack) -> None:
     _flat(stack)
-    faults = stack.url("execution") + "/exchanges/sim/faults"
-    httpx.post(
-        faults, json={"kind": "reject", "op": "create_oco"}, headers=stack.auth(), timeout=10
-    ).raise_for_status()
+    fault = {"kind": "reject", "op": "create_oco"}
+    stack.post("execution", "/exchanges/sim/faults", fault).raise_for_status()
     stop, target = _prices(stack, "0.9", "1.1")
     placed = order(stack, symbol=SOL, amount="1", stop_loss=str(stop), take_profit=str(target))
     assert placed.status_code == 201 and placed.json()["status"] == "filled", placed.text
@@ -198,12 +185,8 @@ def test_refused_legs_are_not_asked_again_and_execution_watches(stack: Stack) ->
 
 def test_a_pair_whose_answer_was_lost_is_reconciled_not_sent_again(stack: Stack) -> None:
     _flat(stack)
-    httpx.post(
-        stack.url("execution") + "/exchanges/sim/faults",
-        json={"kind": "timeout_after_accept", "op": "create_oco"},
-        headers=stack.auth(),
-        timeout=10,
-    ).raise_for_status()
+    fault = {"kind": "timeout_after_accept", "op": "create_oco"}
+    stack.post("execution", "/exchanges/sim/faults", fault).raise_for_status()
     stop, target = _prices(stack, "0.9", "1.1")
     cid = new_cid("lost")
     placed = order(

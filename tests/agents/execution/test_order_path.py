@@ -80,12 +80,7 @@ def test_same_client_id_for_a_different_order_is_a_conflict(stack: Stack) -> Non
 
 
 def test_timeout_after_accept_is_reconciled_without_a_second_create(stack: Stack) -> None:
-    httpx.post(
-        stack.url("execution") + "/exchanges/sim/faults",
-        json={"kind": "timeout_after_accept"},
-        headers=stack.auth(),
-        timeout=10,
-    )
+    stack.post("execution", "/exchanges/sim/faults", {"kind": "timeout_after_accept"})
     cid = new_cid("tmo")
     response = order(stack, amount="0.001", client_order_id=cid)
     assert response.status_code == 202, response.text
@@ -103,12 +98,7 @@ def test_timeout_after_accept_is_reconciled_without_a_second_create(stack: Stack
 
 
 def test_killed_between_accept_and_record_recovers_exactly_once(stack: Stack) -> None:
-    httpx.post(
-        stack.url("execution") + "/exchanges/sim/faults",
-        json={"kind": "hang_after_accept"},
-        headers=stack.auth(),
-        timeout=10,
-    )
+    stack.post("execution", "/exchanges/sim/faults", {"kind": "hang_after_accept"})
     cid = new_cid("kill")
     pid = stack.get("execution", "/info").json()["pid"]
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -163,12 +153,7 @@ def test_halt_with_flatten_then_restart_then_resume(stack: Stack) -> None:
         stack, type="limit", amount="0.001", price=str(below), client_order_id=new_cid()
     )
     assert resting.status_code == 201 and resting.json()["status"] == "open"
-    halt = httpx.post(
-        stack.url("risk") + "/halt",
-        json={"reason": "drill", "flatten": True},
-        headers=stack.auth(),
-        timeout=60,
-    )
+    halt = stack.post("risk", "/halt", {"reason": "drill", "flatten": True}, timeout=60)
     assert halt.status_code == 200, halt.text
     try:
 
@@ -189,12 +174,7 @@ def test_halt_with_flatten_then_restart_then_resume(stack: Stack) -> None:
         assert stack.get("risk", "/state").json()["state"] == "HALTED"
         assert order(stack, amount="0.001", client_order_id=new_cid()).status_code == 409
     finally:
-        httpx.post(
-            stack.url("risk") + "/resume",
-            json={"reason": "drill over"},
-            headers=stack.auth(),
-            timeout=30,
-        )
+        stack.post("risk", "/resume", {"reason": "drill over"})
     assert order(stack, amount="0.001", client_order_id=new_cid()).status_code == 201
 
 
@@ -239,22 +219,15 @@ def test_a_refused_order_keeps_its_client_id(stack: Stack) -> None:
 def test_executions_own_gate_stops_an_order_risk_approved(stack: Stack) -> None:
     """Risk still says ACTIVE, but a halt reached execution first (the race between an
     approval and the kill switch): the approved order must not leave."""
-    apply = stack.url("execution") + "/trading-state/apply"
-    halted = httpx.post(
-        apply, json={"state": "HALTED", "reason": "gate drill"}, headers=stack.auth(), timeout=30
-    )
+    apply = "/trading-state/apply"
+    halted = stack.post("execution", apply, {"state": "HALTED", "reason": "gate drill"})
     assert halted.status_code == 200, halted.text
     try:
         refused = order(stack, amount="0.001", client_order_id=new_cid("gate"))
         assert refused.status_code == 409 and "gate drill" in refused.json()["detail"]
         assert refused.json()["detail"].startswith("trading is HALTED")
     finally:
-        httpx.post(
-            apply,
-            json={"state": "ACTIVE", "reason": "drill over"},
-            headers=stack.auth(),
-            timeout=30,
-        )
+        stack.post("execution", apply, {"state": "ACTIVE", "reason": "drill over"})
     assert order(stack, amount="0.001", client_order_id=new_cid("gate")).status_code == 201
 
 
