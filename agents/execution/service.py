@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from agents.execution import repository as repo
+from agents.execution.batches import Batches
 from agents.execution.exchange.base import ExchangeOrder, Market
 from agents.execution.exchange.errors import (
     AuthenticationError,
@@ -111,11 +112,14 @@ class OrderService:
         # Orders approved and on their way to the exchange, until recorded: the next
         # approval on the account counts them as filled (`place`).
         self.approved: dict[int, OpenOrder] = {}
-        self.approval_locks: dict[str, asyncio.Lock] = {}
-        self.approval_queues: dict[str, list[_Ask]] = {}  # waiting for the lock, per account
+        # Approvals per account and records per market, a batch at a time (batches.py).
+        self.approvals: Batches[str, _Ask] = Batches(
+            self._approve_batch, lambda ask: ask.answer, MAX_BATCH
+        )
+        self.records: Batches[tuple[str, str], _Answer] = Batches(
+            self._record_batch, lambda answer: answer[2], MAX_BATCH
+        )
         self.batch_sizes: Histogram | None = None  # set by the app: orders per approval
-        # Answers from the exchange waiting to be recorded, per (exchange, symbol).
-        self.record_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.record_queues: dict[
             tuple[str, str], list[tuple[int, ExchangeOrder, asyncio.Future[Order]]]
         ] = {}
@@ -271,24 +275,7 @@ class OrderService:
         compliance's wash-trade rule sees the batch's earlier limit orders and those
         resting on the exchange. Orders sent at the same moment cannot together pass a
         limit that each passes alone."""
-        self.approval_queues.setdefault(exchange, []).append(ask)
-        while not ask.answer.done():
-            # Shielded: a caller that stops waiting does not stop the batch it is judging
-            # (the others' answers) nor free the lock before the batch is done.
-            await asyncio.shield(self._approve_next(exchange, ask))
-
-    async def _approve_next(self, exchange: str, ask: _Ask) -> None:
-        async with self._approval_lock(exchange):
-            if ask.answer.done():  # judged in the batch before
-                return
-            queue = self.approval_queues[exchange]
-            batch = queue[:MAX_BATCH]
-            del queue[: len(batch)]
-            if batch:
-                await self._approve_batch(exchange, batch)
-
-    def _approval_lock(self, exchange: str) -> asyncio.Lock:
-        return self.approval_locks.setdefault(exchange, asyncio.Lock())
+        await self.approvals.wait(exchange, ask)
 
     async def _mark(self, exchange: str, symbol: str) -> tuple[Decimal, int]:
         try:
@@ -581,38 +568,27 @@ class OrderService:
         per market: whoever holds its lock records every answer that queued meanwhile,
         under one lock of the position row and one commit (orders sent together used to
         queue one by one for that row, a commit each)."""
-        key = (order.exchange, order.symbol)
         done: asyncio.Future[Order] = asyncio.get_running_loop().create_future()
-        self.record_queues.setdefault(key, []).append((order.id, ex, done))
-        while not done.done():
-            # Shielded: an answer is recorded even if its caller stopped waiting.
-            await asyncio.shield(self._record_next(key, done))
+        await self.records.wait((order.exchange, order.symbol), (order.id, ex, done))
         return done.result()
 
-    async def _record_next(self, key: tuple[str, str], done: asyncio.Future[Order]) -> None:
-        async with self.record_locks.setdefault(key, asyncio.Lock()):
-            if done.done():  # recorded with the batch before
+    async def _record_batch(self, market: tuple[str, str], batch: list[_Answer]) -> None:
+        """Record the answers in one transaction; if that fails, one by one, so that one
+        answer that cannot be recorded does not hold back the others."""
+        try:
+            rows = await self.db(self.record_all, [(i, e) for i, e, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                _fail_recording(batch[0][2], exc)
                 return
-            queue = self.record_queues[key]
-            batch = queue[:MAX_BATCH]
-            del queue[: len(batch)]
-            if not batch:
-                return
-            try:
-                rows = await self.db(self.record_all, [(i, e) for i, e, _ in batch])
-            except Exception as exc:
-                if len(batch) == 1:
-                    _fail_recording(batch[0][2], exc)
-                    return
-                # One answer that cannot be recorded does not hold back the others.
-                for order_id, ex, waiting in batch:
-                    try:
-                        waiting.set_result(await self.db(self.record, order_id, ex))
-                    except Exception as one:
-                        _fail_recording(waiting, one)
-                return
-            for (_, _, waiting), row in zip(batch, rows, strict=True):
-                waiting.set_result(row)
+            for order_id, ex, waiting in batch:
+                try:
+                    waiting.set_result(await self.db(self.record, order_id, ex))
+                except Exception as one:
+                    _fail_recording(waiting, one)
+            return
+        for (_, _, waiting), row in zip(batch, rows, strict=True):
+            waiting.set_result(row)
 
     def _record_trade(self, session: Session, order: Order, pos: Position, trade: Any) -> None:
         quote = order.symbol.split("/")[1]
@@ -736,6 +712,10 @@ class OrderService:
             await self.agents.risk.post("/halt", json={"reason": reason, "flatten": False})
         except VolexError as exc:
             log.error("could not halt trading through risk", extra={"reason": exc.message})
+
+
+# An exchange's answer to an order just sent: (order id, answer, the recorded order).
+_Answer = tuple[int, ExchangeOrder, "asyncio.Future[Order]"]
 
 
 @dataclasses.dataclass
