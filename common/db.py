@@ -160,9 +160,14 @@ async def in_transaction(
 
 # scope="function": the commit happens before the response is sent, so a failed commit
 # becomes an error response, never a 2xx for data that was not saved.
+def is_outage(exc: BaseException | None) -> bool:
+    """The database could not be reached (as opposed to refusing a statement)."""
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError)
+
+
 def database_error(exc: SQLAlchemyError) -> VolexError:
     """What a caller should hear: an outage is a 503, a conflict a 409, a bug a 500."""
-    if isinstance(exc, OperationalError | InterfaceError | DisconnectionError):
+    if is_outage(exc):
         log.warning("database unavailable: %s", exc.__class__.__name__)
         return ServiceUnavailable(f"database unavailable ({exc.__class__.__name__})")
     if isinstance(exc, IntegrityError):

@@ -59,6 +59,7 @@ from common.contracts import (
     RestingOrder,
     TradingState,
 )
+from common.db import is_outage
 from common.errors import Conflict, ServiceUnavailable, Unprocessable, VolexError
 from common.models import Order, Position
 from common.money import to_step
@@ -574,12 +575,14 @@ class OrderService:
 
     async def _record_batch(self, market: tuple[str, str], batch: list[_Answer]) -> None:
         """Record the answers in one transaction; if that fails, one by one, so that one
-        answer that cannot be recorded does not hold back the others."""
+        answer that cannot be recorded does not hold back the others (unless the database
+        is out of reach: then none can be, and the reconciler records them later)."""
         try:
             rows = await self.db(self.record_all, [(i, e) for i, e, _ in batch])
         except Exception as exc:
-            if len(batch) == 1:
-                _fail_recording(batch[0][2], exc)
+            if len(batch) == 1 or is_outage(exc.__cause__):
+                for _, _, waiting in batch:
+                    _fail_recording(waiting, exc)
                 return
             for order_id, ex, waiting in batch:
                 try:
