@@ -203,8 +203,8 @@ def _open(kit: Kit) -> None:
     )
     # A pooled connection must be dropped before the peer's uvicorn closes it (its
     # keep-alive is SERVER_KEEP_ALIVE_S): reusing one it is closing is a ReadError.
-    kit.agents = Agents.pooled(
-        settings, connections=AGENT_CONNECTIONS, keepalive_s=CLIENT_KEEP_ALIVE_S
+    kit.agents = Agents(
+        settings, None, connections=AGENT_CONNECTIONS, keepalive_s=CLIENT_KEEP_ALIVE_S
     )
 
 

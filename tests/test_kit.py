@@ -61,8 +61,7 @@ def test_request_id_travels_to_other_agents(stack: Stack) -> None:
         from common.logging import request_id_var
 
         request_id_var.set(rid)
-        async with httpx.AsyncClient(timeout=5) as http:
-            agents = Agents(settings, http, meta_token)
+        async with Agents(settings, meta_token, timeout=5) as agents:
             info: dict[str, object] = await agents.risk.get("/info")
             return info
 
@@ -79,31 +78,30 @@ def test_request_id_travels_to_other_agents(stack: Stack) -> None:
 
 
 def test_pooled_clients_queue_calls_beyond_their_connections(stack: Stack) -> None:
-    """`Agents.pooled` (what every service uses): a pool per agent with at most
-    `connections` connections; more calls at once wait their turn and all succeed."""
+    """`Agents` (what every service uses): a pool per agent with at most `connections`
+    connections; more calls at once wait their turn and all succeed."""
 
-    async def burst() -> tuple[list[int], set[int], bool]:
-        agents = Agents.pooled(stack.settings, connections=2, keepalive_s=5, token=stack.token)
-        try:
+    async def burst() -> tuple[list[int], set[int], int]:
+        async with Agents(stack.settings, stack.token, connections=2, keepalive_s=5) as agents:
             answers = await asyncio.gather(*(agents.risk.get("/info") for _ in range(12)))
             await agents.compliance.get("/info")
             pools = {id(agents[name].http) for name in ("risk", "compliance", "execution")}
-            risk_pool = agents.risk.http._transport._pool  # type: ignore[attr-defined]
-            return [a["pid"] for a in answers], pools, len(risk_pool.connections) <= 2
-        finally:
-            await agents.aclose()
+            connector = agents.risk.http.connector
+            assert connector is not None
+            idle = connector._conns.values()  # (aiohttp's idle connections, per host)
+            return [a["pid"] for a in answers], pools, sum(len(kept) for kept in idle)
 
-    pids, pools, within = asyncio.run(burst())
+    pids, pools, kept = asyncio.run(burst())
     assert len(pids) == 12 and len(set(pids)) == 1
-    assert len(pools) == 3 and within
+    assert len(pools) == 3 and 1 <= kept <= 2
 
 
 def test_client_names_an_unreachable_agent() -> None:
     settings = Settings(port_base=1, agent_url_template="http://127.0.0.1:9/{name}")
 
     async def call() -> None:
-        async with httpx.AsyncClient(timeout=1) as http:
-            await Agents(settings, http, "t").risk.get("/info")
+        async with Agents(settings, "t", timeout=1) as agents:
+            await agents.risk.get("/info")
 
     with pytest.raises(ServiceUnavailable, match="risk is unreachable"):
         asyncio.run(call())
@@ -111,8 +109,8 @@ def test_client_names_an_unreachable_agent() -> None:
 
 def test_client_reports_its_own_refused_credentials_as_upstream_error(stack: Stack) -> None:
     async def call() -> None:
-        async with httpx.AsyncClient(timeout=5) as http:
-            await Agents(stack.settings, http, "bad-token").risk.get("/info")
+        async with Agents(stack.settings, "bad-token", timeout=5) as agents:
+            await agents.risk.get("/info")
 
     # A peer refusing *our* token is not the end caller's 401: it must not look like one.
     with pytest.raises(UpstreamError, match="risk refused this service's credentials") as raised:
@@ -122,9 +120,8 @@ def test_client_reports_its_own_refused_credentials_as_upstream_error(stack: Sta
 
 def test_client_passes_on_a_peers_4xx_about_the_input(stack: Stack) -> None:
     async def call() -> None:
-        async with httpx.AsyncClient(timeout=5) as http:
-            token = stack.token
-            await Agents(stack.settings, http, token).risk.get("/no-such-endpoint")
+        async with Agents(stack.settings, stack.token, timeout=5) as agents:
+            await agents.risk.get("/no-such-endpoint")
 
     with pytest.raises(VolexError, match="risk: no such endpoint") as raised:
         asyncio.run(call())
