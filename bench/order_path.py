@@ -37,6 +37,8 @@ PORTS = {
     "VOLEX_VAULT_PORT": "28300",
 }
 TRIVIAL_PORT = 28999
+reasons: list[str] = []
+SKELETON_PORTS = {"front": 28996, "risk": 28997, "compliance": 28998}
 TRIVIAL_APP = """
 from fastapi import FastAPI
 from pydantic import BaseModel
@@ -81,6 +83,8 @@ async def sequential(url: str, headers: dict[str, str], n: int, body_fn: object)
 async def concurrent(
     url: str, headers: dict[str, str], n: int, clients: int, body_fn: object
 ) -> tuple[float, list[int]]:
+    """Throughput of `n` requests from `clients` clients; the status codes (and the first
+    few answers that were not 201 in `reasons`)."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
@@ -92,6 +96,8 @@ async def concurrent(
                 i = queue.get_nowait()
                 response = await client.post(url, json=body_fn(i), headers=headers)  # type: ignore[operator]
                 codes.append(response.status_code)
+                if response.status_code != 201 and len(reasons) < 3:
+                    reasons.append(response.text[:300])
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
@@ -111,6 +117,7 @@ def main() -> None:
     volex = [sys.executable, "-m", "volex.cli"]
     subprocess.run([*volex, "up"], env=env, check=True, cwd=ROOT, capture_output=True)
     trivial = None
+    skeleton: list[subprocess.Popen[bytes]] = []
     try:
         settings = Settings(
             home=home, port_base=28100, pg_port=25439, redis_port=26399, vault_port=28300
@@ -172,6 +179,16 @@ def main() -> None:
         ok = sum(1 for c in codes if c == 201) + args.orders
         trail = audit_trail(engine, f"b-{run}-%")
 
+        skeleton = start_skeleton(engine, settings.resolved_database_url())
+        skeleton_url = f"http://127.0.0.1:{SKELETON_PORTS['front']}/orders"
+        sseq = asyncio.run(sequential(skeleton_url, {}, args.orders, order))
+        stput, _ = asyncio.run(
+            concurrent(skeleton_url, {}, args.concurrent_orders, args.clients, order_c)
+        )
+        for process in skeleton:
+            process.terminate()
+        skeleton = []
+
         trivial = subprocess.Popen(
             [
                 sys.executable,
@@ -194,8 +211,8 @@ def main() -> None:
             concurrent(trivial_url, {}, args.concurrent_orders, args.clients, order)
         )
     finally:
-        if trivial is not None:
-            trivial.terminate()
+        for process in [*skeleton, *([trivial] if trivial is not None else [])]:
+            process.terminate()
         subprocess.run([*volex, "down"], env=env, cwd=ROOT, capture_output=True)
 
     ms = 1000
@@ -203,6 +220,10 @@ def main() -> None:
     print(
         f"{'POST /orders (guarded path)':28}{percentile(seq, 0.5) * ms:>10.2f}"
         f"{percentile(seq, 0.99) * ms:>10.2f}{tput:>24.0f}"
+    )
+    print(
+        f"{'skeleton (same hops, commits)':28}{percentile(sseq, 0.5) * ms:>10.2f}"
+        f"{percentile(sseq, 0.99) * ms:>10.2f}{stput:>24.0f}"
     )
     print(
         f"{'trivial FastAPI POST':28}{percentile(tseq, 0.5) * ms:>10.2f}"
@@ -213,9 +234,18 @@ def main() -> None:
         f"throughput x{tput / ttput:.3f}; mean {statistics.mean(seq) * ms:.2f} ms"
     )
     print(
+        f"ratio guarded/skeleton: p50 x{percentile(seq, 0.5) / percentile(sseq, 0.5):.1f}, "
+        f"throughput x{tput / stput:.3f}"
+    )
+    print(
         f"orders sent {sent}, answered 201: {ok}, rows {rows[0]}, distinct client ids "
         f"{rows[1]}, filled {rows[2]}; lost {sent - rows[1]}, duplicated {rows[0] - rows[1]}"
     )
+    refused = {code: codes.count(code) for code in sorted(set(codes)) if code != 201}
+    if refused:
+        print(f"not 201 with {args.clients} clients (status: count): {refused}")
+        for reason in reasons:
+            print(f"  e.g. {reason}")
     print(
         f"audit trail: {trail[0]} orders with an order.completed event at compliance "
         f"(of {rows[2]} filled), {trail[1]} events still queued at the end"
@@ -224,6 +254,46 @@ def main() -> None:
         f"approvals with {args.clients} clients: {batches[0]:.0f} batches for "
         f"{batches[1]:.0f} orders (mean {batches[1] / max(batches[0], 1):.1f} per batch)"
     )
+
+
+def start_skeleton(engine: Engine, database_url: str) -> list[subprocess.Popen[bytes]]:
+    """bench/skeleton_app.py as three uvicorn processes (front, risk, compliance) on the
+    fleet's PostgreSQL; returns once the front answers."""
+    from bench.skeleton_app import TABLES
+
+    with engine.begin() as conn:
+        for ddl in TABLES:
+            conn.execute(text(ddl))
+    dsn = database_url.replace("postgresql+psycopg2://", "postgresql://", 1)
+    peers = ",".join(f"http://127.0.0.1:{SKELETON_PORTS[n]}" for n in ("risk", "compliance"))
+    processes = []
+    for role, port in SKELETON_PORTS.items():
+        env = {**os.environ, "SKELETON_ROLE": role, "SKELETON_DB": dsn, "SKELETON_PEERS": peers}
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "bench.skeleton_app:app",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                cwd=ROOT,
+                env=env,
+            )
+        )
+    for port in SKELETON_PORTS.values():
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/docs")
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+    return processes
 
 
 def approval_batches(execution_url: str) -> tuple[float, float]:
