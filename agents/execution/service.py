@@ -547,6 +547,11 @@ class OrderService:
         status = status_of(ex)
         was_final = order.status in repo.FINAL
         if status != order.status:
+            # The row is changed before the event is queued: queueing flushes it, so the
+            # order is written in one UPDATE rather than one before and one after.
+            order.status = status
+            if ex.reason:  # why the exchange expired or cancelled it, when it says
+                order.reason = ex.reason
             audit(
                 session,
                 status_kind(status),
@@ -556,9 +561,6 @@ class OrderService:
                 exchange_order_id=ex.id,
                 **({"reason": ex.reason} if ex.reason else {}),
             )
-            order.status = status
-            if ex.reason:  # why the exchange expired or cancelled it, when it says
-                order.reason = ex.reason
         armable = order.role == "entry" and order.filled > 0
         if armable and status in repo.FINAL and not was_final:
             _arm_position(order, pos or repo.position(session, order.exchange, order.symbol))
