@@ -265,7 +265,9 @@ async def inject_fault(body: FaultRequest, caller: CallerDep, orders: OrdersDep)
     """Inject a fault into the simulated exchange (drills and tests; operator only)."""
     if caller.name != "operator":
         raise Forbidden("only the operator may inject faults")
-    orders.exchanges.get("sim").inject_fault(body.kind, op=body.op, times=body.times)  # type: ignore[attr-defined]
+    sim = orders.exchanges.get("sim")
+    hang = {} if body.hang_seconds is None else {"hang_s": body.hang_seconds}
+    sim.inject_fault(body.kind, op=body.op, times=body.times, **hang)  # type: ignore[attr-defined]
 
 
 @router.delete("/exchanges/sim/faults", status_code=204, tags=["exchanges"])

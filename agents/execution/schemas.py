@@ -162,3 +162,15 @@ class FaultRequest(BaseModel):
         "create_order", "create_oco", "cancel_order", "fetch_order", "fetch_ticker", "*"
     ] = "create_order"
     times: int = Field(default=1, ge=1, le=1000)
+    hang_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=600,
+        description="hang_after_accept only: how long the sim stays silent (default 120)",
+    )
+
+    @model_validator(mode="after")
+    def _hang_only_for_a_hang(self) -> FaultRequest:
+        if self.hang_seconds is not None and self.kind != "hang_after_accept":
+            raise ValueError("hang_seconds applies to kind hang_after_accept only")
+        return self

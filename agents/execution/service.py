@@ -111,8 +111,9 @@ class OrderService:
         # Attached brackets (brackets.py, wired by the app): protect a position once its
         # entry is done; cancel our legs when they hold what an order needs to sell.
         # Orders approved and on their way to the exchange, until recorded: the next
-        # approval on the account counts them as filled (`place`).
-        self.approved: dict[int, OpenOrder] = {}
+        # approval on the account counts them as filled (`place`), and its wash-trade
+        # rule counts the limit orders among them as resting.
+        self.approved: dict[int, _OnItsWay] = {}
         # Approvals per account and records per market, a batch at a time (batches.py).
         self.approvals: Batches[str, _Ask] = Batches(
             self._approve_batch, lambda ask: ask.answer, MAX_BATCH
@@ -334,8 +335,9 @@ class OrderService:
             if failure is None and not ask.answer.done():
                 # Valued as risk values it: at its limit (or stop) price, a market order at
                 # the mid (as `portfolio` values our resting orders).
-                self.approved[order.id] = _as_open(
-                    order, order.price or order.stop_price or ask.mid
+                self.approved[order.id] = _OnItsWay(
+                    _as_open(order, order.price or order.stop_price or ask.mid),
+                    limit=order.type == OrderType.limit.value,
                 )
             _answer(ask, failure)
 
@@ -658,7 +660,7 @@ class OrderService:
         """The account as risk should see it, and our resting orders by symbol."""
         adapter = self.exchanges.get(exchange)
         # Before the ledger is read: an order recorded in between counts twice, never not at all.
-        on_their_way = [o for o in self.approved.values() if o.exchange == exchange]
+        on_their_way = [w for w in self.approved.values() if w.open.exchange == exchange]
         balances = await adapter.fetch_balance()
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         rows, realized, live = await self.db(self._book, exchange, today)
@@ -678,7 +680,7 @@ class OrderService:
         cash = balances["USDT"].free if "USDT" in balances else Decimal(0)
         total_quote = balances["USDT"].total if "USDT" in balances else Decimal(0)
         equity = total_quote + sum((v.amount * v.mark_price for v in views), Decimal(0))
-        open_orders = on_their_way + [
+        open_orders = [w.open for w in on_their_way] + [
             _as_open(o, o.price or o.stop_price or (await self._mark(exchange, o.symbol))[0])
             for o in live
             if o.amount > o.filled and o.id not in self.approved
@@ -691,8 +693,14 @@ class OrderService:
             open_orders=open_orders,
         )
         # What compliance's wash-trade rule looks at: our limit prices resting on the book
-        # (a stop waiting for its trigger is not on it).
+        # (a stop waiting for its trigger is not on it), and our limit orders on their way
+        # there (one recorded in between is listed twice: harmless, never missed).
         resting: dict[str, list[RestingOrder]] = {}
+        for way in on_their_way:
+            if way.limit:
+                resting.setdefault(way.open.symbol, []).append(
+                    RestingOrder(side=way.open.side, price=way.open.price, amount=way.open.amount)
+                )
         for o in live:
             if o.status in repo.LIVE and o.price is not None and o.amount > o.filled:
                 resting.setdefault(o.symbol, []).append(
@@ -765,6 +773,15 @@ def _answer(ask: _Ask, failure: VolexError | ExchangeError | None) -> None:
 def _answer_the_rest(batch: list[_Ask], failure: VolexError | ExchangeError) -> None:
     for ask in batch:
         _answer(ask, failure)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _OnItsWay:
+    """An approved order not yet recorded: as risk counts it, and whether it is a limit
+    order (one that will rest on the book, for compliance's wash-trade rule)."""
+
+    open: OpenOrder
+    limit: bool
 
 
 def _as_open(order: Order, price: Decimal) -> OpenOrder:

@@ -85,6 +85,7 @@ class _Fault:
     kind: str
     op: str
     times: int
+    hang_s: float = HANG_SECONDS
 
 
 def _boundary(
@@ -99,14 +100,16 @@ def _boundary(
             raise ExchangeError("the sim exchange is closed", exchange="sim")
         if self.latency_ms > 0:
             await asyncio.sleep(self.latency_ms / 1000)
-        fault = self._take_fault(op)
+        taken = self._take_fault(op)
+        fault = taken.kind if taken is not None else None
         if fault is not None and fault not in AFTER_ACCEPT:
             raise _fault_error(fault, op)
         result = await fn(self, *args, **kwargs)
-        if fault == "hang_after_accept":
+        if taken is not None and fault == "hang_after_accept":
             # Accepted and saved, then no answer for a long time: the window in which a
-            # crash of the caller leaves an order it never heard about (crash drills).
-            await asyncio.sleep(HANG_SECONDS)
+            # crash of the caller leaves an order it never heard about (crash drills), or
+            # in which the order is on its way for everything else that happens meanwhile.
+            await asyncio.sleep(taken.hang_s)
         if fault in AFTER_ACCEPT:
             raise ExchangeTimeout(
                 f"sim: {op} timed out (injected) after the exchange accepted it; "
@@ -138,7 +141,8 @@ class SimExchange(ExchangeAdapter):
     every call. `inject_fault(kind, op, times)` makes the next `times` calls of `op` fail:
     "reject" (InvalidOrder), "network_error" (nothing done), "timeout_after_accept"
     (done and persisted, then ExchangeTimeout), "hang_after_accept" (done and persisted,
-    then silence for HANG_SECONDS before the timeout), "rate_limited", "auth_error".
+    then silence, HANG_SECONDS unless told otherwise, before the timeout), "rate_limited",
+    "auth_error".
     """
 
     id = "sim"
@@ -184,26 +188,31 @@ class SimExchange(ExchangeAdapter):
         self._engine = Engine(ledger, self._specs, self._paths, self.fees)
 
     # --- faults and time ---------------------------------------------------------------
-    def inject_fault(self, kind: str, op: str = "create_order", times: int = 1) -> None:
-        """Make the next `times` calls of `op` ("*" for any call) fail with `kind`."""
+    def inject_fault(
+        self, kind: str, op: str = "create_order", times: int = 1, hang_s: float = HANG_SECONDS
+    ) -> None:
+        """Make the next `times` calls of `op` ("*" for any call) fail with `kind`
+        (`hang_after_accept`: silent for `hang_s` seconds before its timeout)."""
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {', '.join(FAULT_KINDS)}")
         if op != "*" and op not in OPERATIONS:
             raise ValueError(f"unknown operation {op!r}; one of {', '.join(OPERATIONS)} or *")
         if times < 1:
             raise ValueError("times must be at least 1")
-        self._faults.append(_Fault(kind, op, times))
+        if hang_s <= 0:
+            raise ValueError("hang_s must be positive")
+        self._faults.append(_Fault(kind, op, times, hang_s))
 
     def clear_faults(self) -> None:
         self._faults.clear()
 
-    def _take_fault(self, op: str) -> str | None:
+    def _take_fault(self, op: str) -> _Fault | None:
         for fault in self._faults:
             if fault.op in (op, "*"):
                 fault.times -= 1
                 if fault.times == 0:
                     self._faults.remove(fault)
-                return fault.kind
+                return fault
         return None
 
     def now_ms(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -131,6 +132,60 @@ def test_killed_between_accept_and_record_recovers_exactly_once(stack: Stack) ->
             text("SELECT sum(amount) FROM fills WHERE order_id = :i"), {"i": rows[0].id}
         ).scalar_one()
     assert fills == Decimal("0.002")
+
+
+def test_wash_trade_rule_sees_a_limit_order_still_on_its_way(stack: Stack) -> None:
+    """A limit buy approved and on its way to the exchange (the sim holds its answer back)
+    is one of our resting orders for the next order's wash-trade rule: a sell that would
+    cross it is refused by compliance, not sent."""
+    mid = Decimal(stack.get("execution", "/ticker/sim/BTC-USDT").json()["last"])
+    price = str((mid * Decimal("0.98")).quantize(Decimal("0.01")))
+    hang = {"kind": "hang_after_accept", "hang_seconds": 3}
+    stack.post("execution", "/exchanges/sim/faults", hang).raise_for_status()
+    buy_cid = new_cid("wash-buy")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        buying = pool.submit(
+            order, stack, type="limit", price=price, amount="0.001", client_order_id=buy_cid
+        )
+
+        def approved() -> bool:
+            with stack.engine().connect() as conn:
+                return bool(
+                    conn.execute(
+                        text("SELECT approved FROM policy_decisions WHERE client_order_id = :c"),
+                        {"c": buy_cid},
+                    ).scalar_one_or_none()
+                )
+
+        stack.wait_for(approved, timeout=30, what="the buy to be approved")
+        time.sleep(0.5)  # (approved, now held by the sim: on its way)
+        sell_cid = new_cid("wash-sell")
+        sell = order(
+            stack, side="sell", type="limit", price=price, amount="0.001", client_order_id=sell_cid
+        )
+        bought = buying.result(timeout=30)
+    assert bought.status_code == 202 and bought.json()["status"] == "unknown", bought.text
+    assert sell.status_code == 422, sell.text
+    assert "rejected by compliance" in sell.json()["detail"], sell.text
+    assert "wash_trade" in sell.json()["detail"], sell.text
+    # The buy rests on the exchange once reconciled; take it off the book.
+    buy_id = bought.json()["id"]
+    stack.wait_for(
+        lambda: stack.get("execution", f"/orders/sim/{buy_id}").json()["status"] == "open",
+        timeout=30,
+        what="the buy to be reconciled as resting",
+    )
+    response = httpx.delete(
+        stack.url("execution") + f"/orders/sim/{buy_id}", headers=stack.auth(), timeout=10
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_a_chosen_hang_is_for_hang_faults_only(stack: Stack) -> None:
+    fault = {"kind": "reject", "hang_seconds": 3}
+    response = stack.post("execution", "/exchanges/sim/faults", fault)
+    assert response.status_code == 422, response.text
+    assert "hang_seconds applies to kind hang_after_accept only" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("agent", ["risk", "compliance"])

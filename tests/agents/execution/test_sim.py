@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from decimal import Decimal
 
@@ -350,6 +351,19 @@ async def test_faults_on_any_call_and_latency(make_sim: SimFactory) -> None:
     with pytest.raises(ExchangeError, match="auth_error") as auth:
         await sim.fetch_open_orders()
     assert not auth.value.retryable
+
+
+async def test_a_hang_lasts_as_long_as_asked(make_sim: SimFactory) -> None:
+    sim = make_sim()
+    sim.inject_fault("hang_after_accept", hang_s=0.2)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ExchangeTimeout):
+        await sim.create_order("BTC/USDT", "buy", "market", D("0.002"), client_order_id="h1")
+    assert 0.2 <= asyncio.get_running_loop().time() - started < 5
+    found = await sim.fetch_order_by_client_id("h1", "BTC/USDT")
+    assert found is not None and found.filled == D("0.002")  # accepted before the silence
+    with pytest.raises(ValueError, match="hang_s must be positive"):
+        sim.inject_fault("hang_after_accept", hang_s=0)
 
 
 async def test_state_survives_restart(make_sim: SimFactory, clock: Clock, tmp_path: object) -> None:
