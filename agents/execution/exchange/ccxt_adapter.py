@@ -2,17 +2,29 @@
 
 CCXT's exceptions are mapped to ours once, in `map_ccxt_error`; nothing above this
 module sees a CCXT type. Reads are retried (`retry_read`) on network errors and rate
-limits; `create_order` never is: a network failure there becomes `ExchangeTimeout`
-(the order may exist) and is reconciled by its client order id, which is always sent.
-CCXT's floats become Decimals through their shortest repr.
+limits; `create_order` and `create_oco` never are: a network failure there becomes
+`ExchangeTimeout` (the order may exist) and is reconciled by its client order id, which
+is always sent. CCXT's floats become Decimals through their shortest repr.
+
+Binance spot takes a stop-loss/take-profit pair natively (`supports_oco`): one
+`POST /api/v3/orderList/oco` whose legs carry execution's client order ids. A long's
+pair sells with a LIMIT_MAKER take-profit above the price (filled as maker at its
+price) and a STOP_LOSS below it (a market sell once the last price reaches the stop:
+it gets out even through a gap, where a STOP_LOSS_LIMIT could be left unfilled); a
+short's pair is the mirror image. When one leg executes Binance expires the other, and
+cancelling either cancels both; an expired leg of a pair with nothing filled is
+reported as cancelled, so execution records one close and one cancelled leg. Other
+exchanges (Binance.US among them: CCXT lists only its older `order/oco`) leave the
+legs to execution's own watch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
@@ -77,6 +89,9 @@ _DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
 }
 # Exchanges whose fetch_order finds an order by client id with this parameter.
 _CLIENT_ID_PARAM = {"binance": "origClientOrderId", "binanceus": "origClientOrderId"}
+# Exchanges that take a one-cancels-the-other pair themselves: CCXT's implicit method for
+# Binance spot's POST /api/v3/orderList/oco (aboveType/belowType legs).
+_OCO_METHOD = {"binance": "private_post_orderlist_oco"}
 
 
 def map_ccxt_error(exc: BaseException, exchange: str, *, creating: bool = False) -> ExchangeError:
@@ -135,6 +150,8 @@ class CcxtExchange(ExchangeAdapter):
             self.client.urls["api"] = _rehost(self.client.urls["api"], api_host)
         self._attempts = read_attempts
         self._delay = retry_delay
+        self._oco = getattr(self.client, _OCO_METHOD.get(exchange_id, ""), None)
+        self.supports_oco = self._oco is not None
 
     # --- plumbing ------------------------------------------------------------------------
     async def _read(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -236,8 +253,116 @@ class CcxtExchange(ExchangeAdapter):
             params[name] = float(stop_price)
         return kind, params
 
+    async def create_oco(
+        self,
+        symbol: str,
+        side: OrderSide | str,
+        amount: Decimal,
+        stop_loss: Decimal,
+        take_profit: Decimal,
+        *,
+        client_order_ids: tuple[str, str],
+    ) -> tuple[ExchangeOrder, ExchangeOrder]:
+        """The pair as one order list on the exchange (Binance spot's orderList/oco),
+        its legs under `client_order_ids` (stop, target). Sent once: a lost answer is
+        ExchangeTimeout, reconciled by those ids."""
+        if self._oco is None:
+            return await super().create_oco(
+                symbol, side, amount, stop_loss, take_profit, client_order_ids=client_order_ids
+            )
+        request = await self._oco_request(
+            symbol, side, amount, stop_loss, take_profit, client_order_ids
+        )
+        try:
+            raw = await self._oco(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise map_ccxt_error(exc, self.id, creating=True) from exc
+        stop, target = [await self._oco_leg(raw, symbol, cid) for cid in client_order_ids]
+        return stop, target
+
+    async def _oco_leg(self, raw: dict[str, Any], symbol: str, cid: str) -> ExchangeOrder:
+        """One leg from the exchange's answer to a pair: its report, else (an answer
+        without reports) the order itself, looked up by the id the answer gives."""
+        for report in raw.get("orderReports") or []:
+            if report.get("clientOrderId") == cid:
+                return _order(self.client.parse_order(report, self.client.market(symbol)), symbol)
+        for listed in raw.get("orders") or []:
+            if listed.get("clientOrderId") == cid and listed.get("orderId") is not None:
+                return await self.fetch_order(str(listed["orderId"]), symbol)
+        raise ExchangeTimeout(
+            f"{self.id} took the pair but its answer does not name leg {cid!r}: reconcile by "
+            "client order id",
+            exchange=self.id,
+        )
+
+    async def _oco_request(
+        self,
+        symbol: str,
+        side: OrderSide | str,
+        amount: Decimal,
+        stop_loss: Decimal,
+        take_profit: Decimal,
+        client_order_ids: tuple[str, str],
+    ) -> dict[str, str]:
+        """Binance's parameters for the pair, rounded to the market's steps (the amount
+        down, prices to the nearest tick, as CCXT rounds create_order's)."""
+        stop_id, target_id = client_order_ids
+        if not stop_id or not target_id or stop_id == target_id:
+            raise InvalidOrder("a pair needs two different client order ids", exchange=self.id)
+        if str(side) not in {s.value for s in OrderSide}:
+            raise InvalidOrder(f"side {side!r} is not buy or sell", exchange=self.id)
+        sell = str(side) == OrderSide.sell
+        if (stop_loss >= take_profit) if sell else (stop_loss <= take_profit):
+            where = "below" if sell else "above"
+            raise InvalidOrder(
+                f"stop_loss {stop_loss} must be {where} take_profit {take_profit} for a "
+                f"{side} pair",
+                exchange=self.id,
+            )
+        await self._read(self.client.load_markets)
+        raw_market = self.client.market(symbol)
+        _check_oco_market(raw_market, self.id)
+        market = _market(raw_market, self.client.precisionMode != TICK_SIZE)
+        quantity = market.amount_to_precision(amount)
+        if quantity <= 0:
+            raise InvalidOrder(
+                f"amount {amount} rounds to nothing at {symbol}'s step {market.amount_step}",
+                exchange=self.id,
+            )
+        stop = str(market.price_to_precision(stop_loss, ROUND_HALF_UP))
+        target = str(market.price_to_precision(take_profit, ROUND_HALF_UP))
+        stop_leg = {"Type": "STOP_LOSS", "StopPrice": stop, "ClientOrderId": stop_id}
+        target_leg = {"Type": "LIMIT_MAKER", "Price": target, "ClientOrderId": target_id}
+        above, below = (target_leg, stop_leg) if sell else (stop_leg, target_leg)
+        digest = hashlib.sha256(f"{stop_id}|{target_id}".encode()).hexdigest()
+        return {
+            "symbol": raw_market["id"],
+            "side": "SELL" if sell else "BUY",
+            "quantity": str(quantity),
+            "listClientOrderId": f"oco-{digest[:32]}",  # Binance allows 36 characters
+            **{f"above{k}": v for k, v in above.items()},
+            **{f"below{k}": v for k, v in below.items()},
+        }
+
     async def fetch_order(self, order_id: str, symbol: str) -> ExchangeOrder:
-        return _order(await self._read(self.client.fetch_order, order_id, symbol), symbol)
+        return await self._with_trades(
+            await self._read(self.client.fetch_order, order_id, symbol), symbol
+        )
+
+    async def _with_trades(self, raw: dict[str, Any], symbol: str | None) -> ExchangeOrder:
+        """Our order, with its fills: an order that filled while resting comes back from
+        fetch_order without them on some exchanges (Binance), so they are asked for."""
+        if (
+            raw.get("trades")
+            or not raw.get("filled")
+            or not self.client.has.get("fetchOrderTrades")
+        ):
+            return _order(raw, symbol)
+        where = raw.get("symbol") or symbol
+        trades = await self._read(self.client.fetch_order_trades, str(raw["id"]), where)
+        return _order({**raw, "trades": trades}, symbol)
 
     async def fetch_order_by_client_id(
         self, client_order_id: str, symbol: str
@@ -252,7 +377,7 @@ class CcxtExchange(ExchangeAdapter):
                 )
             except OrderNotFound:
                 return None
-            return _order(raw, symbol)
+            return await self._with_trades(raw, symbol)
         sources = [self.client.fetch_open_orders]
         if self.client.has.get("fetchClosedOrders"):
             sources.append(self.client.fetch_closed_orders)
@@ -270,7 +395,7 @@ class CcxtExchange(ExchangeAdapter):
         raw = await self._read(self.client.cancel_order, order_id, symbol)
         if not raw.get("status") or raw.get("amount") is None:  # a bare acknowledgement
             return await self.fetch_order(order_id, symbol)
-        return _order(raw, symbol)
+        return await self._with_trades(raw, symbol)
 
     async def fetch_my_trades(
         self, symbol: str | None = None, since_ms: int | None = None
@@ -315,8 +440,29 @@ def _market(raw: dict[str, Any], digits: bool) -> Market:
     )
 
 
+def _check_oco_market(raw: dict[str, Any], exchange: str) -> None:
+    """Refuse a pair the market does not take (execution then watches the legs itself)."""
+    info = raw.get("info") or {}
+    types = info.get("orderTypes")
+    missing = [t for t in ("LIMIT_MAKER", "STOP_LOSS") if types is not None and t not in types]
+    if info.get("ocoAllowed") is False or missing:
+        why = f"it lacks {', '.join(missing)} orders" if missing else "OCO is not allowed"
+        raise InvalidOrder(
+            f"{exchange} takes no one-cancels-the-other pair on {raw['symbol']}: {why}",
+            exchange=exchange,
+        )
+
+
+def _in_pair(raw: dict[str, Any]) -> bool:
+    """Whether the order is a leg of an order list (Binance: orderListId is not -1)."""
+    list_id = (raw.get("info") or {}).get("orderListId")
+    return list_id is not None and str(list_id) != "-1"
+
+
 def _order_type(raw: dict[str, Any]) -> OrderType:
     kind = str(raw.get("type") or "").lower()
+    if _in_pair(raw) and str((raw.get("info") or {}).get("type")).upper() == "LIMIT_MAKER":
+        return OrderType.take_profit  # a pair's target: a post-only limit at the price
     if "take_profit" in kind or raw.get("takeProfitPrice"):
         return OrderType.take_profit
     if "stop" in kind or raw.get("stopLossPrice") or raw.get("triggerPrice"):
@@ -336,6 +482,14 @@ def _order(raw: dict[str, Any], symbol: str | None) -> ExchangeOrder:
     filled = _dec(raw.get("filled")) or ZERO
     remaining = _dec(raw.get("remaining"))
     status = cast(OrderStatus, raw["status"] if raw.get("status") in ORDER_STATUSES else "open")
+    reason = None
+    if status == "expired" and filled == 0 and _in_pair(raw):
+        status = "canceled"  # the other leg of its pair executed (or the pair was dropped)
+        reason = "expired by the exchange with nothing filled: one-cancels-the-other pair"
+    kind = _order_type(raw)
+    stop_price = _dec(raw.get("triggerPrice") or raw.get("stopPrice"))
+    if kind == OrderType.take_profit and stop_price is None:
+        stop_price = _dec(raw.get("price"))  # a limit target: its price is where it acts
     fee, fee_currency = _fee(raw)
     side = OrderSide(raw["side"])
     order_symbol = raw.get("symbol") or symbol or ""
@@ -349,10 +503,10 @@ def _order(raw: dict[str, Any], symbol: str | None) -> ExchangeOrder:
         client_order_id=raw.get("clientOrderId") or "",
         symbol=order_symbol,
         side=side,
-        type=_order_type(raw),
+        type=kind,
         amount=amount,
         price=_dec(raw.get("price")),
-        stop_price=_dec(raw.get("triggerPrice") or raw.get("stopPrice")),
+        stop_price=stop_price,
         status=status,
         filled=filled,
         remaining=remaining if remaining is not None else amount - filled,
@@ -363,6 +517,7 @@ def _order(raw: dict[str, Any], symbol: str | None) -> ExchangeOrder:
         trades=trades,
         cost=_dec(raw.get("cost")) or ZERO,
         last_trade_timestamp=raw.get("lastTradeTimestamp"),
+        reason=reason,
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from agents.compliance.schemas import PolicySet
 from agents.execution.exchanges import ExchangeRegistry
@@ -17,6 +18,7 @@ from agents.execution.settings import ExecutionSettings
 from common.errors import NotFound, ServiceUnavailable, Unprocessable
 from common.vault import VaultClient
 from tests.agents.execution.fake_binance import FakeBinance
+from tests.agents.execution.live_service import LiveExecution
 from tests.conftest import Stack
 
 
@@ -159,3 +161,129 @@ async def test_live_exchange_opens_with_vault_keys_and_fails_closed_without_vaul
         assert await registry.ensure("binance") is adapter
     finally:
         await registry.close()
+
+
+# --- live trading through a live execution service ---------------------------------------
+@pytest.fixture(scope="module")
+def live(stack: Stack) -> Iterator[LiveExecution]:
+    """A live execution service (its own database) on a fake Binance, and on a fake
+    Binance.US: the same REST API, but no native pair for our adapter there."""
+    service = LiveExecution(stack, ("binance", "binanceus"))
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def live_allowed(stack: Stack) -> Iterator[None]:
+    """Compliance allows only `sim` by default: allow the two live exchanges for one test."""
+    saved = _call(stack, "GET", "compliance", "/policies").json()
+    policy = {k: saved[k] for k in PolicySet.model_fields}
+    extra = ["binance", "binanceus"]
+    allowed = {**policy, "allowed_exchanges": [*policy["allowed_exchanges"], *extra]}
+    assert _call(stack, "PUT", "compliance", "/policies", json=allowed).status_code == 200
+    yield
+    assert _call(stack, "PUT", "compliance", "/policies", json=policy).status_code == 200
+
+
+def _entry(live: LiveExecution, exchange: str) -> dict[str, object]:
+    fake = live.fakes[exchange]
+    fake.bids, fake.asks, fake.last = [["42000.00", "1.5"]], [["42000.20", "2"]], "42000.10"
+    order = {"exchange": exchange, "symbol": "BTC/USDT", "side": "buy", "type": "market",
+             "amount": "0.001", "stop_loss": "40000", "take_profit": "44000",
+             "client_order_id": f"live-{uuid.uuid4().hex[:12]}"}  # fmt: skip
+    placed = live.post("/orders", order)
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["status"] == "filled"
+    return placed.json()
+
+
+@pytest.mark.usefixtures("live_allowed", "active")
+def test_live_binance_brackets_rest_on_the_exchange_as_one_oco(live: LiveExecution) -> None:
+    """An entry with stop_loss and take_profit on live Binance: before the 201 the legs
+    are one order list on the exchange under execution's client ids (nothing watched);
+    the take-profit fills there, Binance expires the stop, and execution records one
+    close and one cancelled leg."""
+    fake = live.fakes["binance"]
+    entry = _entry(live, "binance")
+    legs = [o for o in live.orders("binance", "BTC/USDT") if o["id"] > entry["id"]]
+    assert [(o["role"], o["type"], o["side"], o["status"], Decimal(o["amount"])) for o in legs] == [
+        ("bracket_sl", "stop_loss", "sell", "open", Decimal("0.001")),
+        ("bracket_tp", "take_profit", "sell", "open", Decimal("0.001")),
+    ]
+    stop, target = legs
+    [sent] = fake.calls("POST", "/api/v3/orderList/oco")
+    assert (sent["side"], Decimal(sent["quantity"])) == ("SELL", Decimal("0.001"))
+    assert (sent["belowType"], sent["belowStopPrice"], sent["belowClientOrderId"]) == (
+        "STOP_LOSS", "40000.00", stop["client_order_id"]
+    )  # fmt: skip
+    assert (sent["aboveType"], sent["abovePrice"], sent["aboveClientOrderId"]) == (
+        "LIMIT_MAKER", "44000.00", target["client_order_id"]
+    )  # fmt: skip
+    pair = fake.pair_of(stop["client_order_id"])
+    assert pair["listOrderStatus"] == "EXECUTING"
+    assert {str(leg["orderId"]) for leg in pair["legs"]} == {
+        stop["exchange_order_id"],
+        target["exchange_order_id"],
+    }
+    assert len(fake.calls("POST", "/api/v3/order")) == 1  # the entry: no leg sent alone
+    position = live.position("binance", "BTC/USDT")
+    assert position is not None and position["protected_by"] == "exchange"
+
+    fake.last = "44000.50"  # the market trades through the take-profit
+    live.wait_for(
+        lambda: live.position("binance", "BTC/USDT") is None,
+        what="the take-profit's fill to close the position",
+        state=lambda: (
+            live.get("/positions/binance").json(),
+            live.orders("binance", "BTC/USDT"),
+            fake.pair_of(stop["client_order_id"]),
+            live.stack.get("risk", "/state").json(),
+        ),
+    )
+    after = {o["role"]: o for o in live.orders("binance", "BTC/USDT") if o["id"] > entry["id"]}
+    assert set(after) == {"bracket_sl", "bracket_tp"}  # closed once: no close order of ours
+    assert after["bracket_tp"]["status"] == "filled"
+    assert Decimal(after["bracket_tp"]["average_price"]) == Decimal(44000)
+    assert after["bracket_sl"]["status"] == "cancelled"
+    assert "one-cancels-the-other" in after["bracket_sl"]["reason"]
+    assert len(fake.calls("POST", "/api/v3/order")) == 1
+    with live.engine().connect() as conn:
+        fills = conn.execute(
+            text("SELECT side, amount, price FROM fills WHERE exchange = 'binance' ORDER BY id")
+        ).all()
+    assert [(f.side, f.amount, f.price) for f in fills] == [
+        ("buy", Decimal("0.001"), Decimal("42000.20")),
+        ("sell", Decimal("0.001"), Decimal(44000)),
+    ]
+
+
+@pytest.mark.usefixtures("live_allowed", "active")
+def test_a_live_exchange_without_native_pairs_has_its_legs_watched(
+    live: LiveExecution,
+) -> None:
+    """Binance.US (no order list in our adapter): nothing is placed for the legs, the
+    position is watched by execution, which closes it at market when the stop is hit."""
+    fake = live.fakes["binanceus"]
+    _entry(live, "binanceus")
+    position = live.position("binanceus", "BTC/USDT")
+    assert position is not None and position["protected_by"] == "execution"
+    assert fake.calls("POST", "/api/v3/orderList/oco") == []
+    assert len(fake.calls("POST", "/api/v3/order")) == 1  # the entry only
+
+    fake.bids, fake.asks, fake.last = [["39990.00", "3"]], [["39990.20", "3"]], "39990.10"
+    live.wait_for(
+        lambda: live.position("binanceus", "BTC/USDT") is None,
+        what="execution to close the position at its stop",
+        state=lambda: (
+            live.get("/positions/binanceus").json(),
+            live.orders("binanceus", "BTC/USDT"),
+            live.stack.get("risk", "/state").json(),
+        ),
+    )
+    [_, close] = fake.calls("POST", "/api/v3/order")
+    assert (close["side"], close["type"]) == ("SELL", "MARKET")
+    roles = [o["role"] for o in live.orders("binanceus", "BTC/USDT")]
+    assert roles == ["entry", "stop_loss"]
