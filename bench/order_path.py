@@ -153,6 +153,10 @@ def main() -> None:
             return {**order(i), "client_order_id": f"w-{run}-{i}"}
 
         asyncio.run(sequential(orders_url, headers, 20, warm))
+        # Coins to sell from the start: with 32 clients a sell can reach the exchange
+        # before the buys ahead of it in the queue, and spot cannot sell what it lacks.
+        stock = {**order(0), "amount": "0.002", "client_order_id": f"s-{run}"}
+        asyncio.run(sequential(orders_url, headers, 1, lambda _: stock))
         seq = asyncio.run(sequential(orders_url, headers, args.orders, order))
         offset = args.orders + (args.orders % 2)
 
