@@ -2,9 +2,10 @@
 
 A position armed by an entry's `stop_loss`/`take_profit` is protected by orders resting
 on the exchange when its adapter takes one-cancels-the-other pairs (`supports_oco`: the
-sim, paper accounts and live Binance spot): a `bracket_sl` stop_loss and a `bracket_tp` take_profit for the
-whole position, reduce-only, executing at market when triggered. The exchange fires
-them even while execution is down, and the first to fire cancels the other there.
+sim, paper accounts and live Binance spot): a `bracket_sl` stop_loss and a `bracket_tp`
+take_profit for the whole position, reduce-only, executing at market when triggered. The
+exchange fires them even while execution is down, and the first to fire cancels the other
+there.
 
 `keep` brings the legs in line with the position: placed right after an arming entry
 fills, and checked again on every reconciler pass (the position grew or shrank, a limit

@@ -114,6 +114,9 @@ class OrderService:
         # approval on the account counts them as filled (`place`), and its wash-trade
         # rule counts the limit orders among them as resting.
         self.approved: dict[int, _OnItsWay] = {}
+        # Orders the exchange answered but whose answer could not be recorded: they stay
+        # in `approved` (still counted) until the reconciler records them (`settled`).
+        self.unrecorded: set[int] = set()
         # Approvals per account and records per market, a batch at a time (batches.py).
         self.approvals: Batches[str, _Ask] = Batches(
             self._approve_batch, lambda ask: ask.answer, MAX_BATCH
@@ -243,7 +246,7 @@ class OrderService:
             ask.answer.cancel()  # (if still unanswered: we stopped waiting, do not judge it)
             if claim.done() and not claim.cancelled() and claim.exception() is None:
                 claimed = claim.result()
-                if claimed is not None:
+                if claimed is not None and claimed.id not in self.unrecorded:
                     self.approved.pop(claimed.id, None)
 
     async def _after_claim(
@@ -484,6 +487,7 @@ class OrderService:
             with self._stage("record"):
                 recorded = await self._record_together(order, ex)
         except ServiceUnavailable as exc:
+            self.unrecorded.add(order.id)  # (approved or not: the reconciler settles it)
             raise ServiceUnavailable(
                 f"{order.exchange} accepted order {order.client_order_id!r} but recording it "
                 f"failed ({exc.message}); it will be reconciled. Do not send it again: retry "
@@ -517,6 +521,13 @@ class OrderService:
             if ex.status == "open":
                 raise refused
         return await self.db(self.record, order.id, ex)
+
+    def settled(self, order_id: int) -> None:
+        """The reconciler recorded an order whose answer could not be recorded when it
+        came: the ledger counts it now, so it is no longer counted as on its way."""
+        if order_id in self.unrecorded:
+            self.unrecorded.discard(order_id)
+            self.approved.pop(order_id, None)
 
     # --- ledger -----------------------------------------------------------------------------
     def record(self, order_id: int, ex: ExchangeOrder) -> Order:

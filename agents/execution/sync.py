@@ -99,6 +99,9 @@ class Reconciler:
                 "never reached the exchange (not found by client order id); not re-sent",
                 SERVICE,
             )
+        else:
+            return
+        self.orders.settled(order.id)
         self.orders.wake_relay()
 
     # --- protective exits ------------------------------------------------------------------

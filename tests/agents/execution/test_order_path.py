@@ -439,6 +439,66 @@ def test_concurrent_orders_are_judged_with_each_other(stack: Stack) -> None:
         close_position(stack, sol)
 
 
+def test_an_order_the_exchange_took_but_we_could_not_record_still_counts(stack: Stack) -> None:
+    """The exchange filled an order but recording its answer failed (here: the database
+    refuses its fill): until the reconciler records it, risk still counts it, so the next
+    order that only one of the two would fit under max_position_pct is refused."""
+    from tests.agents.execution.conftest import _editable
+
+    bnb = "BNB/USDT"
+    closed = close_position(stack, bnb)
+    assert closed.status_code == 200, closed.text
+    url = stack.url("risk") + "/limits"
+    saved = httpx.get(url, headers=stack.auth(), timeout=10).json()
+    usdt = stack.get("execution", "/balance/sim").json()["balances"]["USDT"]["total"]
+    held = stack.get("execution", "/positions/sim").json()
+    equity = Decimal(usdt) + sum(Decimal(p["amount"]) * Decimal(p["mark_price"]) for p in held)
+    mid = Decimal(stack.get("execution", "/ticker/sim/BNB-USDT").json()["last"])
+    limit = Decimal("0.02")  # of equity: room for one order of 60 % of it, not two
+    amount = (equity * limit * Decimal("0.6") / mid).quantize(Decimal("0.001"))
+    first = new_cid("unrecorded")
+    refuse = text(  # (new_cid("unrecorded"): this test's client ids only)
+        "CREATE FUNCTION test_refuse_fill() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF (SELECT client_order_id FROM orders WHERE id = NEW.order_id) LIKE 'unrecorded-%' "
+        "THEN RAISE EXCEPTION 'test: this fill is refused'; END IF; RETURN NEW; END $$; "
+        "CREATE TRIGGER test_refuse_fill BEFORE INSERT ON fills "
+        "FOR EACH ROW EXECUTE FUNCTION test_refuse_fill()"
+    )
+    engine = stack.engine()
+    tight = {**saved, "max_position_pct": str(limit)}
+    httpx.put(url, json=_editable(tight), headers=stack.auth(), timeout=10).raise_for_status()
+    with engine.begin() as conn:
+        conn.execute(refuse)
+    try:
+        taken = order(stack, symbol=bnb, amount=str(amount), client_order_id=first)
+        assert taken.status_code == 503, taken.text
+        assert "recording it failed" in taken.json()["detail"], taken.text
+        second = order(stack, symbol=bnb, amount=str(amount), client_order_id=new_cid())
+        assert second.status_code == 422, second.text
+        assert "max_position_pct" in second.json()["detail"], second.text
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER IF EXISTS test_refuse_fill ON fills"))
+            conn.execute(text("DROP FUNCTION IF EXISTS test_refuse_fill()"))
+        httpx.put(url, json=_editable(saved), headers=stack.auth(), timeout=10).raise_for_status()
+
+    def recorded() -> dict[str, object] | None:
+        found = stack.get("execution", "/orders/sim", params={"symbol": bnb}).json()
+        mine = [o for o in found if o["client_order_id"] == first]
+        return mine[0] if mine and mine[0]["status"] == "filled" else None
+
+    stack.wait_for(recorded, timeout=60, what="the reconciler to record the order")
+    # Recorded now, it counts once (from the ledger): an order that fits beside it passes.
+    small = (amount / 4).quantize(Decimal("0.001"))
+    httpx.put(url, json=_editable(tight), headers=stack.auth(), timeout=10).raise_for_status()
+    try:
+        third = order(stack, symbol=bnb, amount=str(small), client_order_id=new_cid())
+        assert third.status_code == 201, third.text
+    finally:
+        httpx.put(url, json=_editable(saved), headers=stack.auth(), timeout=10).raise_for_status()
+        close_position(stack, bnb)
+
+
 def test_orders_sent_together_are_each_recorded_once(stack: Stack) -> None:
     """Answers that arrive together are recorded together (one transaction per market):
     every order filled, one fill row per trade, and the position is the sum of them."""
