@@ -44,5 +44,26 @@ def apply_fill(
     return PositionState(new_amount, entry, position.realized_pnl + realized), realized
 
 
+def coins_moved(
+    side: str,
+    amount: Decimal,
+    price: Decimal,
+    fee: Decimal,
+    fee_currency: str | None,
+    base: str,
+    quote: str,
+) -> tuple[Decimal, Decimal]:
+    """What a trade does to the coins the account holds, and its fee in the quote currency
+    (for `apply_fill`). A fee taken in the coin itself (Binance takes a buy's fee in the
+    coin bought unless it is paid in BNB) leaves fewer coins: a buy adds `amount - fee`, a
+    sell gives away `amount + fee`; its value at the fill's price is the cost. A fee in a
+    third currency (BNB) is not part of this market's ledger."""
+    if fee_currency == base:
+        return (amount - fee if side == "buy" else amount + fee), fee * price
+    if fee_currency == quote:
+        return amount, fee
+    return amount, ZERO
+
+
 def unrealized_pnl(position: PositionState, mark: Decimal) -> Decimal:
     return (mark - position.entry_price) * position.amount

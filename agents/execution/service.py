@@ -36,7 +36,7 @@ from agents.execution.exchange.errors import (
     OrderNotFound,
 )
 from agents.execution.exchanges import ExchangeRegistry
-from agents.execution.ledger import PositionState, apply_fill
+from agents.execution.ledger import PositionState, apply_fill, coins_moved
 from agents.execution.schemas import OrderRequest
 from common import outbox
 from common.auth import Caller
@@ -609,18 +609,22 @@ class OrderService:
             waiting.set_result(row)
 
     def _record_trade(self, session: Session, order: Order, pos: Position, trade: Any) -> None:
-        quote = order.symbol.split("/")[1]
-        base = order.symbol.split("/")[0]
+        base, quote = order.symbol.split("/")
         fee = Decimal(trade.fee)
-        fee_quote = (
-            fee
-            if trade.fee_currency == quote
-            else (fee * Decimal(trade.price) if trade.fee_currency == base else Decimal(0))
+        # A fee taken in the coin leaves the account fewer coins: the position follows.
+        moved, fee_quote = coins_moved(
+            order.side,
+            Decimal(trade.amount),
+            Decimal(trade.price),
+            fee,
+            trade.fee_currency,
+            base,
+            quote,
         )
         state, realized = apply_fill(
             PositionState(pos.amount, pos.entry_price, pos.realized_pnl),
             order.side,
-            Decimal(trade.amount),
+            moved,
             Decimal(trade.price),
             fee_quote,
         )

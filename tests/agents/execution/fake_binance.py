@@ -77,6 +77,7 @@ class FakeBinance:
     bids: list[list[str]] = field(default_factory=lambda: [["42000.00", "1.5"], ["41999.50", "3"]])
     asks: list[list[str]] = field(default_factory=lambda: [[FILL_PRICE, "2"]])
     last: str = "42000.10"
+    fee_asset: str = "USDT"  # "BTC": fees taken in the coin, as Binance takes a buy's
     url: str = ""
     _runner: web.AppRunner | None = None
 
@@ -166,11 +167,12 @@ class FakeBinance:
             order.update(executedQty=qty, status="FILLED",
                          cummulativeQuoteQty=str(float(qty) * 42000.2))  # fmt: skip
             trade = self._trade(order, Decimal(FILL_PRICE), Decimal(qty), maker=False)
-            trade["commission"] = "0.042"
+            commission = "0.042" if self.fee_asset == "USDT" else str(Decimal(qty) * FEE_RATE)
+            trade["commission"] = commission
             body = dict(order)
             body["fills"] = [
-                {"price": FILL_PRICE, "qty": qty, "commission": "0.042", "commissionAsset": "USDT",
-                 "tradeId": trade["id"]}
+                {"price": FILL_PRICE, "qty": qty, "commission": commission,
+                 "commissionAsset": self.fee_asset, "tradeId": trade["id"]}
             ]  # fmt: skip
         return 200, body
 
@@ -321,8 +323,9 @@ class FakeBinance:
         trade = {
             "symbol": "BTCUSDT", "id": 77 + len(self.trades), "orderId": order["orderId"],
             "orderListId": order["orderListId"], "price": str(price), "qty": str(qty),
-            "quoteQty": str(price * qty), "commission": str(price * qty * FEE_RATE),
-            "commissionAsset": "USDT", "time": NOW, "isBuyer": order["side"] == "BUY",
+            "quoteQty": str(price * qty),
+            "commission": str((price if self.fee_asset == "USDT" else 1) * qty * FEE_RATE),
+            "commissionAsset": self.fee_asset, "time": NOW, "isBuyer": order["side"] == "BUY",
             "isMaker": maker, "isBestMatch": True,
         }  # fmt: skip
         self.trades.append(trade)

@@ -122,7 +122,9 @@ class LiveExecution:
         return httpx.post(self.url + path, json=body, headers=self.stack.auth(), timeout=60)
 
     def position(self, exchange: str, symbol: str) -> dict[str, Any] | None:
-        rows = self.get(f"/positions/{exchange}").json()
+        response = self.get(f"/positions/{exchange}")
+        assert response.status_code == 200, response.text
+        rows = response.json()
         found = [p for p in rows if p["symbol"] == symbol and Decimal(p["amount"]) != 0]
         return found[0] if found else None
 

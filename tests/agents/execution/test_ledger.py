@@ -1,6 +1,10 @@
+from decimal import Decimal
 from decimal import Decimal as D
 
-from agents.execution.ledger import PositionState, apply_fill, unrealized_pnl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents.execution.ledger import PositionState, apply_fill, coins_moved, unrealized_pnl
 
 FLAT = PositionState(D(0), D(0), D(0))
 
@@ -60,3 +64,78 @@ def test_every_status_an_exchange_order_maps_to_is_final_or_not_final() -> None:
                 timestamp=0,
             )
             assert status_of(order) in repo.FINAL | repo.NOT_FINAL, status
+
+
+# --- fees taken in the coin --------------------------------------------------------------
+def test_a_fee_in_the_coin_leaves_fewer_coins_and_costs_its_value() -> None:
+    """Binance takes a buy's fee in the coin bought (unless paid in BNB): the position is
+    what the account holds, and the fee is a cost at the fill's price."""
+    moved, fee = coins_moved("buy", D("1"), D("100"), D("0.001"), "BTC", "BTC", "USDT")
+    assert (moved, fee) == (D("0.999"), D("0.1"))
+    p, r1 = apply_fill(FLAT, "buy", moved, D("100"), fee)
+    assert p.amount == D("0.999") and p.entry_price == D("100") and r1 == D("-0.1")
+    moved, fee = coins_moved("sell", D("0.999"), D("110"), D("0.10989"), "USDT", "BTC", "USDT")
+    assert (moved, fee) == (D("0.999"), D("0.10989"))
+    p, r2 = apply_fill(p, "sell", moved, D("110"), fee)
+    assert p.amount == 0
+    # Paid 100, received 0.999 * 110 - 0.10989: the realized PnL is exactly that.
+    assert r1 + r2 == D("0.999") * D("110") - D("0.10989") - D("100")
+
+
+def test_a_sell_fee_in_the_coin_gives_more_coins_away() -> None:
+    assert coins_moved("sell", D("2"), D("50"), D("0.002"), "ETH", "ETH", "USDT") == (
+        D("2.002"),
+        D("0.100"),
+    )
+
+
+def test_a_fee_in_another_currency_is_not_in_this_markets_ledger() -> None:
+    assert coins_moved("buy", D("1"), D("100"), D("0.0002"), "BNB", "BTC", "USDT") == (
+        D("1"),
+        D("0"),
+    )
+
+
+_amounts = st.decimals(min_value="0.001", max_value="5", places=3)
+_prices = st.decimals(min_value="1", max_value="1000", places=2)
+_trades = st.lists(
+    st.tuples(
+        st.sampled_from(["buy", "sell"]),
+        _amounts,
+        _prices,
+        st.decimals(min_value="0", max_value="0.002", places=4),  # fee rate
+        st.sampled_from(["BTC", "USDT"]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@given(trades=_trades, mark=_prices)
+@settings(max_examples=300, deadline=None)
+def test_the_ledger_is_what_the_account_holds_and_what_it_paid(
+    trades: list[tuple[str, Decimal, Decimal, Decimal, str]], mark: Decimal
+) -> None:
+    """Whatever the fills and whichever currency their fees were taken in, the position is
+    the coins the account gained and lost, and realized plus unrealized PnL is the cash
+    paid and received plus those coins at the mark."""
+    position, realized = FLAT, D(0)
+    cash, coins = D(0), D(0)
+    for side, amount, price, rate, fee_currency in trades:
+        fee = (amount * rate if fee_currency == "BTC" else amount * price * rate).quantize(
+            D("0.00000001")
+        )
+        buy = side == "buy"
+        cash += -amount * price if buy else amount * price
+        coins += amount if buy else -amount
+        if fee_currency == "BTC":
+            coins -= fee
+        else:
+            cash -= fee
+        moved, fee_quote = coins_moved(side, amount, price, fee, fee_currency, "BTC", "USDT")
+        position, this = apply_fill(position, side, moved, price, fee_quote)
+        realized += this
+    assert position.amount == coins
+    assert position.realized_pnl == realized
+    total = realized + unrealized_pnl(position, mark)
+    assert abs(total - (cash + coins * mark)) < D("1e-12")

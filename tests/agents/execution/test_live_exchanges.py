@@ -287,3 +287,31 @@ def test_a_live_exchange_without_native_pairs_has_its_legs_watched(
     assert (close["side"], close["type"]) == ("SELL", "MARKET")
     roles = [o["role"] for o in live.orders("binanceus", "BTC/USDT")]
     assert roles == ["entry", "stop_loss"]
+
+
+@pytest.mark.usefixtures("live_allowed", "active")
+def test_a_fee_taken_in_the_coin_leaves_the_position_what_the_account_holds(
+    live: LiveExecution,
+) -> None:
+    """Binance takes a buy's fee in the coin bought: the position is the coins received
+    (bought less the fee), so a close or a protective leg never asks for coins the account
+    does not have. (Last in this module: the position it leaves is off Binance's step.)"""
+    fake = live.fakes["binance"]
+    fake.bids, fake.asks, fake.last = [["42000.00", "1.5"]], [["42000.20", "2"]], "42000.10"
+    fake.fee_asset = "BTC"
+    try:
+        with live.engine().connect() as conn:  # (before any order, the exchange is not open)
+            held = conn.execute(
+                text("SELECT coalesce(sum(amount), 0) FROM positions WHERE exchange = 'binance'")
+            ).scalar_one()
+        body = {"exchange": "binance", "symbol": "BTC/USDT", "side": "buy", "type": "market",
+                "amount": "0.002", "client_order_id": f"live-{uuid.uuid4().hex[:12]}"}  # fmt: skip
+        placed = live.post("/orders", body)
+        assert placed.status_code == 201, placed.text
+        assert Decimal(placed.json()["filled"]) == Decimal("0.002")
+        position = live.position("binance", "BTC/USDT")
+        assert position is not None
+        assert Decimal(position["amount"]) - held == Decimal("0.002") - Decimal("0.000002")
+        assert Decimal(position["entry_price"]) == Decimal("42000.20")
+    finally:
+        fake.fee_asset = "USDT"
