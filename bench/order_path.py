@@ -203,12 +203,7 @@ def main() -> None:
             ],
             cwd=ROOT,
         )
-        for _ in range(100):
-            try:
-                httpx.get(f"http://127.0.0.1:{TRIVIAL_PORT}/docs")
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_serving(TRIVIAL_PORT)
         trivial_url = f"http://127.0.0.1:{TRIVIAL_PORT}/orders"
         tseq = asyncio.run(sequential(trivial_url, {}, args.orders, order))
         ttput, _ = asyncio.run(
@@ -291,13 +286,21 @@ def start_skeleton(engine: Engine, database_url: str) -> list[subprocess.Popen[b
             )
         )
     for port in SKELETON_PORTS.values():
-        for _ in range(100):
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/docs")
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_serving(port)
     return processes
+
+
+def wait_until_serving(port: int, timeout_s: float = 10) -> None:
+    """Wait for a FastAPI app on `port` to answer (its /docs page)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/docs")
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"nothing answers on port {port} after {timeout_s} s") from None
+            time.sleep(0.1)
 
 
 def approval_batches(execution_url: str) -> tuple[float, float]:

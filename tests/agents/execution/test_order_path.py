@@ -398,25 +398,39 @@ def test_risk_counts_our_resting_orders(stack: Stack) -> None:
         assert cancelled.json()["status"] == "cancelled", cancelled.text
 
 
+def _room_for_one(
+    stack: Stack, symbol: str
+) -> tuple[Decimal, dict[str, object], dict[str, object]]:
+    """Close the position in `symbol`; then an amount of it of which one order fits under a
+    tight max_position_pct and two do not (60 % of the room each), those limits, and the
+    limits to put back."""
+    from tests.agents.execution.conftest import _editable
+
+    closed = close_position(stack, symbol)
+    assert closed.status_code == 200, closed.text
+    saved = stack.get("risk", "/limits").json()
+    usdt = stack.get("execution", "/balance/sim").json()["balances"]["USDT"]["total"]
+    held = stack.get("execution", "/positions/sim").json()
+    equity = Decimal(usdt) + sum(Decimal(p["amount"]) * Decimal(p["mark_price"]) for p in held)
+    path = symbol.replace("/", "-")
+    mid = Decimal(stack.get("execution", f"/ticker/sim/{path}").json()["last"])
+    limit = Decimal("0.02")  # of equity
+    amount = (equity * limit * Decimal("0.6") / mid).quantize(Decimal("0.001"))
+    return amount, _editable({**saved, "max_position_pct": str(limit)}), _editable(saved)
+
+
+def _set_limits(stack: Stack, limits: dict[str, object]) -> None:
+    url = stack.url("risk") + "/limits"
+    httpx.put(url, json=limits, headers=stack.auth(), timeout=10).raise_for_status()
+
+
 def test_concurrent_orders_are_judged_with_each_other(stack: Stack) -> None:
     """Orders sent at the same moment must not each be judged on a book without the
     others: with room for one of them under max_position_pct, one fills and the rest
     are refused naming the rule (each alone would pass)."""
-    from tests.agents.execution.conftest import _editable
-
     sol = "SOL/USDT"
-    closed = close_position(stack, sol)
-    assert closed.status_code == 200, closed.text
-    url = stack.url("risk") + "/limits"
-    saved = httpx.get(url, headers=stack.auth(), timeout=10).json()
-    usdt = stack.get("execution", "/balance/sim").json()["balances"]["USDT"]["total"]
-    held = stack.get("execution", "/positions/sim").json()
-    equity = Decimal(usdt) + sum(Decimal(p["amount"]) * Decimal(p["mark_price"]) for p in held)
-    mid = Decimal(stack.get("execution", "/ticker/sim/SOL-USDT").json()["last"])
-    limit = Decimal("0.02")  # of equity: room for one order of 60 % of it, not two
-    amount = (equity * limit * Decimal("0.6") / mid).quantize(Decimal("0.001"))
-    tight = {**saved, "max_position_pct": str(limit)}
-    httpx.put(url, json=_editable(tight), headers=stack.auth(), timeout=10).raise_for_status()
+    amount, tight, saved = _room_for_one(stack, sol)
+    _set_limits(stack, tight)
     try:
         ids = [new_cid() for _ in range(6)]
         with ThreadPoolExecutor(max_workers=6) as pool:
@@ -435,7 +449,7 @@ def test_concurrent_orders_are_judged_with_each_other(stack: Stack) -> None:
         assert [len(checks) for checks in stored] == [1] * 6, stored
         assert sorted(checks[0]["approved"] for checks in stored) == [False] * 5 + [True]
     finally:
-        httpx.put(url, json=_editable(saved), headers=stack.auth(), timeout=10).raise_for_status()
+        _set_limits(stack, saved)
         close_position(stack, sol)
 
 
@@ -443,19 +457,8 @@ def test_an_order_the_exchange_took_but_we_could_not_record_still_counts(stack: 
     """The exchange filled an order but recording its answer failed (here: the database
     refuses its fill): until the reconciler records it, risk still counts it, so the next
     order that only one of the two would fit under max_position_pct is refused."""
-    from tests.agents.execution.conftest import _editable
-
     bnb = "BNB/USDT"
-    closed = close_position(stack, bnb)
-    assert closed.status_code == 200, closed.text
-    url = stack.url("risk") + "/limits"
-    saved = httpx.get(url, headers=stack.auth(), timeout=10).json()
-    usdt = stack.get("execution", "/balance/sim").json()["balances"]["USDT"]["total"]
-    held = stack.get("execution", "/positions/sim").json()
-    equity = Decimal(usdt) + sum(Decimal(p["amount"]) * Decimal(p["mark_price"]) for p in held)
-    mid = Decimal(stack.get("execution", "/ticker/sim/BNB-USDT").json()["last"])
-    limit = Decimal("0.02")  # of equity: room for one order of 60 % of it, not two
-    amount = (equity * limit * Decimal("0.6") / mid).quantize(Decimal("0.001"))
+    amount, tight, saved = _room_for_one(stack, bnb)
     first = new_cid("unrecorded")
     refuse = text(  # (new_cid("unrecorded"): this test's client ids only)
         "CREATE FUNCTION test_refuse_fill() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
@@ -465,8 +468,7 @@ def test_an_order_the_exchange_took_but_we_could_not_record_still_counts(stack: 
         "FOR EACH ROW EXECUTE FUNCTION test_refuse_fill()"
     )
     engine = stack.engine()
-    tight = {**saved, "max_position_pct": str(limit)}
-    httpx.put(url, json=_editable(tight), headers=stack.auth(), timeout=10).raise_for_status()
+    _set_limits(stack, tight)
     with engine.begin() as conn:
         conn.execute(refuse)
     try:
@@ -480,7 +482,7 @@ def test_an_order_the_exchange_took_but_we_could_not_record_still_counts(stack: 
         with engine.begin() as conn:
             conn.execute(text("DROP TRIGGER IF EXISTS test_refuse_fill ON fills"))
             conn.execute(text("DROP FUNCTION IF EXISTS test_refuse_fill()"))
-        httpx.put(url, json=_editable(saved), headers=stack.auth(), timeout=10).raise_for_status()
+        _set_limits(stack, saved)
 
     def recorded() -> dict[str, object] | None:
         found = stack.get("execution", "/orders/sim", params={"symbol": bnb}).json()
@@ -490,12 +492,12 @@ def test_an_order_the_exchange_took_but_we_could_not_record_still_counts(stack: 
     stack.wait_for(recorded, timeout=60, what="the reconciler to record the order")
     # Recorded now, it counts once (from the ledger): an order that fits beside it passes.
     small = (amount / 4).quantize(Decimal("0.001"))
-    httpx.put(url, json=_editable(tight), headers=stack.auth(), timeout=10).raise_for_status()
+    _set_limits(stack, tight)
     try:
         third = order(stack, symbol=bnb, amount=str(small), client_order_id=new_cid())
         assert third.status_code == 201, third.text
     finally:
-        httpx.put(url, json=_editable(saved), headers=stack.auth(), timeout=10).raise_for_status()
+        _set_limits(stack, saved)
         close_position(stack, bnb)
 
 
