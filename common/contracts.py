@@ -90,6 +90,9 @@ class PortfolioView(BaseModel):
     positions: list[PositionView] = Field(default_factory=list)
     realized_pnl_today: Signed = Decimal(0)
     open_orders: list[OpenOrder] = Field(default_factory=list)
+    # Which account (execution: the exchange id) this is: risk keeps a drawdown peak per
+    # account. None: the single peak of a caller that trades one book.
+    account: str | None = Field(None, pattern=EXCHANGE_PATTERN)
 
 
 class PreTradeOrder(BaseModel):

@@ -52,6 +52,11 @@ class ExchangeRegistry:
     def paper_root(self) -> Path:
         return self.settings.home_dir / "paper"
 
+    def account(self, exchange: str) -> str:
+        """The account name risk keeps a drawdown peak for: the exchange id, and for a paper
+        account `<id>_paper` (a paper account and the live one later are different money)."""
+        return f"{exchange}_paper" if self.modes.get(exchange) == "paper" else exchange
+
     def get(self, exchange: str) -> ExchangeAdapter:
         try:
             return self.adapters[exchange]

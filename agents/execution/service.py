@@ -706,6 +706,7 @@ class OrderService:
             positions=views,
             realized_pnl_today=realized,
             open_orders=open_orders,
+            account=self.exchanges.account(exchange),  # (risk: a drawdown peak per account)
         )
         # What compliance's wash-trade rule looks at: our limit prices resting on the book
         # (a stop waiting for its trigger is not on it), and our limit orders on their way

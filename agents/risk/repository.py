@@ -15,6 +15,7 @@ from agents.risk.rules import RecentOrder
 from common import outbox
 from common.contracts import AuditEventIn, CheckResult, PreTradeRequest
 from common.models.risk import (
+    RiskAccountPeak,
     RiskCheck,
     RiskEquityPeak,
     RiskEquitySnapshot,
@@ -121,6 +122,59 @@ def record_equity(session: Session, equity: Decimal) -> tuple[Decimal, datetime]
     row = session.execute(_RECORD_EQUITY, {"id": SINGLETON, "equity": equity}).one_or_none()
     assert row is not None, "risk_equity_peak is seeded by the risk_0001 migration"
     return Decimal(row[0]), row[1]
+
+
+_RECORD_ACCOUNT_EQUITY = text(
+    """
+    WITH before AS (
+             SELECT peak_equity FROM risk_account_peaks WHERE account = :account FOR UPDATE
+         ),
+         clock AS (SELECT clock_timestamp() AS at),
+         up AS (
+             INSERT INTO risk_account_peaks AS p
+                 (account, peak_equity, peak_at, last_equity, updated_at)
+             SELECT :account, :equity, clock.at, :equity, clock.at FROM clock
+             ON CONFLICT (account) DO UPDATE SET
+                 peak_equity = GREATEST(p.peak_equity, EXCLUDED.last_equity),
+                 peak_at = CASE WHEN EXCLUDED.last_equity > p.peak_equity
+                                THEN EXCLUDED.updated_at ELSE p.peak_at END,
+                 last_equity = EXCLUDED.last_equity,
+                 updated_at = EXCLUDED.updated_at
+             RETURNING 1
+         )
+    SELECT coalesce((SELECT peak_equity FROM before), :equity), (SELECT at FROM clock),
+           (SELECT count(*) FROM up)
+    """
+)
+
+
+def record_account_equity(
+    session: Session, account: str, equity: Decimal
+) -> tuple[Decimal, datetime]:
+    """`record_equity` for one account's own peak (an account seen for the first time
+    starts at its equity); one statement."""
+    row = session.execute(_RECORD_ACCOUNT_EQUITY, {"account": account, "equity": equity}).one()
+    return Decimal(row[0]), row[1]
+
+
+def account_peaks(session: Session) -> Sequence[RiskAccountPeak]:
+    return (
+        session.execute(select(RiskAccountPeak).order_by(RiskAccountPeak.account)).scalars().all()
+    )
+
+
+def reset_account_peak(
+    session: Session, account: str, peak: Decimal | None
+) -> tuple[Decimal, Decimal] | None:
+    """Set `account`'s peak to `peak` (default: its last equity); (old, new), or None for an
+    account never seen."""
+    row = session.get(RiskAccountPeak, account, with_for_update=True)
+    if row is None:
+        return None
+    old, new = row.peak_equity, peak if peak is not None else row.last_equity
+    now = db_now(session)
+    row.peak_equity, row.peak_at, row.updated_at = new, now, now
+    return old, new
 
 
 def reset_peak(session: Session, peak: Decimal) -> tuple[Decimal, Decimal]:

@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from common.contracts import (
+    EXCHANGE_PATTERN,
     ApplyTradingStateResult,
     CheckResult,
     PortfolioView,
@@ -126,6 +127,9 @@ class PeakResetRequest(BaseModel):
 
     reason: Reason
     equity: Positive | None = Field(None, description="new peak; default: the last equity seen")
+    account: str | None = Field(
+        None, pattern=EXCHANGE_PATTERN, description="one account's peak; default: the single peak"
+    )
 
 
 # --- position sizing -------------------------------------------------------------------------
@@ -220,9 +224,22 @@ class Exposure(BaseModel):
     positions: list[ExposureLine]
 
 
-class Drawdown(BaseModel):
-    """The breaker's view (peak and last equity seen) and the snapshot series' statistics."""
+class AccountDrawdown(BaseModel):
+    """One account's breaker: its peak, its last equity and how far below the peak it is."""
 
+    account: str
+    peak_equity: Decimal
+    peak_at: datetime
+    equity: Decimal
+    updated_at: datetime
+    current_drawdown_pct: Decimal
+
+
+class Drawdown(BaseModel):
+    """The breaker's view (peak and last equity seen; per account for execution, which
+    names its accounts) and the snapshot series' statistics."""
+
+    accounts: list[AccountDrawdown] = Field(default_factory=list)
     peak_equity: Decimal
     equity: Decimal | None
     current_drawdown_pct: Decimal

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from agents.risk import analytics, book, kill_switch, rules, sizing
 from agents.risk import repository as repo
 from agents.risk.schemas import (
+    AccountDrawdown,
     Drawdown,
     Exposure,
     Limits,
@@ -68,18 +69,28 @@ def state_history(session: Session, limit: int) -> list[StateHistoryEntry]:
     ]
 
 
+def _record_equity(session: Session, portfolio: PortfolioView) -> tuple[Decimal, datetime]:
+    """Remember the portfolio's equity against its account's peak (or the single peak of a
+    caller that names no account); the peak before and the database's clock."""
+    if portfolio.account is None:
+        return repo.record_equity(session, portfolio.equity)
+    return repo.record_account_equity(session, portfolio.account, portfolio.equity)
+
+
 def _halt_on_drawdown(
     session: Session,
-    equity: Decimal,
+    portfolio: PortfolioView,
     peak_before: Decimal,
     limits: Limits,
     state: TradingState,
     actor: str,
 ) -> StateView | None:
     """HALT (in this transaction) when equity is too far below the peak; the new state or None."""
-    reason = rules.drawdown_breach(equity, peak_before, limits)
+    reason = rules.drawdown_breach(portfolio.equity, peak_before, limits)
     if reason is None or state is TradingState.HALTED:
         return None
+    if portfolio.account is not None:
+        reason = f"account {portfolio.account}: {reason}"
     view, _ = kill_switch.persist_change(session, TradingState.HALTED, reason, actor, auto=True)
     return view
 
@@ -145,9 +156,9 @@ def pre_trade_batch(
     state_row = repo.lock_state(session)  # one check at a time; a halt waits for it
     limits = _limits_only(current_limits(session))
     # The clock is read after the lock is held (in the same statement as the equity).
-    peak_before, now = repo.record_equity(session, portfolio.equity)
+    peak_before, now = _record_equity(session, portfolio)
     state = TradingState(state_row.state)
-    halted = _halt_on_drawdown(session, portfolio.equity, peak_before, limits, state, service)
+    halted = _halt_on_drawdown(session, portfolio, peak_before, limits, state, service)
     if halted is not None:
         state = halted.state
     # The rate rule's count, read once: other orders approved in the window, and those of
@@ -224,8 +235,28 @@ def position_size(session: Session, request: SizingRequest) -> PositionSize:
 
 
 # --- equity peak and snapshots -------------------------------------------------------------
+def _peak_of(session: Session, account: str | None, unseen: Decimal) -> Decimal:
+    """The account's peak (the single peak for no account); `unseen` for a new account."""
+    if account is None:
+        return repo.get_peak(session).peak_equity
+    peaks = {row.account: row.peak_equity for row in repo.account_peaks(session)}
+    return peaks.get(account, unseen)
+
+
 def reset_peak(session: Session, body: PeakResetRequest, caller: Caller) -> Drawdown:
     require_operator(caller, "reset the equity peak")
+    if body.account is not None:
+        changed = repo.reset_account_peak(session, body.account, body.equity)
+        if changed is None:
+            raise NotFound(f"no equity seen for account {body.account!r}: nothing to re-base")
+        repo.enqueue_audit(
+            session,
+            "risk.peak_reset",
+            caller.name,
+            f"equity-peak:{body.account}",
+            {"old_peak": str(changed[0]), "new_peak": str(changed[1]), "reason": body.reason},
+        )
+        return drawdown(session, None, None)
     peak_row = repo.get_peak(session)
     new = body.equity if body.equity is not None else peak_row.last_equity
     if new is None:
@@ -272,10 +303,10 @@ def record_snapshot(
     state, halted = TradingState(state_row.state), None
     if latest is None or taken_at >= latest.taken_at:
         limits = _limits_only(current_limits(session))
-        peak_before, _ = repo.record_equity(session, snapshot.equity)
-        halted = _halt_on_drawdown(session, snapshot.equity, peak_before, limits, state, service)
+        peak_before, _ = _record_equity(session, snapshot)
+        halted = _halt_on_drawdown(session, snapshot, peak_before, limits, state, service)
         state = halted.state if halted is not None else state
-    peak = repo.get_peak(session).peak_equity
+    peak = _peak_of(session, snapshot.account, snapshot.equity)
     _, fraction = book.drawdown(snapshot.equity, peak)
     out = SnapshotOut(
         taken_at=taken_at,
@@ -318,7 +349,19 @@ def drawdown(session: Session, since: datetime | None, until: datetime | None) -
         if series
         else None
     )
+    accounts = [
+        AccountDrawdown(
+            account=row.account,
+            peak_equity=row.peak_equity,
+            peak_at=row.peak_at,
+            equity=row.last_equity,
+            updated_at=row.updated_at,
+            current_drawdown_pct=quantize(book.drawdown(row.last_equity, row.peak_equity)[1], 6),
+        )
+        for row in repo.account_peaks(session)
+    ]
     return Drawdown(
+        accounts=accounts,
         peak_equity=peak_row.peak_equity,
         equity=last,
         current_drawdown_pct=quantize(current, 6),

@@ -14,6 +14,7 @@ from common.models.execution import Fill, Order, Position
 from common.models.market_data import Ohlcv, OhlcvFetchJob
 from common.models.outbox import OutboxEvent
 from common.models.risk import (
+    RiskAccountPeak,
     RiskCheck,
     RiskEquityPeak,
     RiskEquitySnapshot,
@@ -42,6 +43,7 @@ __all__ = [
     "OutboxEvent",
     "PolicyDecision",
     "Position",
+    "RiskAccountPeak",
     "RiskCheck",
     "RiskEquityPeak",
     "RiskEquitySnapshot",

@@ -94,6 +94,19 @@ class RiskEquityPeak(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class RiskAccountPeak(Base):
+    """One account's highest equity (an account per exchange execution trades): the
+    drawdown breaker's base for the checks and snapshots that name that account."""
+
+    __tablename__ = "risk_account_peaks"
+
+    account: Mapped[str] = mapped_column(String(64), primary_key=True)
+    peak_equity: Mapped[Decimal] = mapped_column(ledger_numeric())
+    peak_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_equity: Mapped[Decimal] = mapped_column(ledger_numeric())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class RiskCheck(Base):
     """One pre-trade decision. Approved rows feed the rate limit and duplicate detection."""
 

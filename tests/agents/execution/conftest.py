@@ -83,6 +83,8 @@ def active(stack: Stack) -> None:
     # Risk's own tests leave a synthetic 100,000 equity peak; the sim account is ~10,000.
     reset = {"reason": "test setup", "equity": "1"}
     stack.post("risk", "/drawdown/reset", reset).raise_for_status()
+    # The sim account's own peak at its equity now (404 before its first order: none yet).
+    stack.post("risk", "/drawdown/reset", {"reason": "test setup", "account": "sim"})
     # Always: a halt risk could not record (its database-outage test) still closed
     # execution's own gate, and only a resume opens it again.
     stack.post("risk", "/resume", {"reason": "test setup"}).raise_for_status()

@@ -98,6 +98,9 @@ def test_a_real_exchange_trades_on_paper_through_the_guarded_path(stack: Stack) 
              "amount": "0.001", "client_order_id": cid}  # fmt: skip
     first = _call(stack, "POST", "execution", "/orders", json=order)
     assert first.status_code == 201, first.text
+    # The paper account is an account of its own for risk's drawdown breaker.
+    drawdown = _call(stack, "GET", "risk", "/drawdown").json()
+    assert "binance_paper" in {a["account"] for a in drawdown["accounts"]}, drawdown
     placed = first.json()
     assert placed["status"] == "filled" and Decimal(placed["average_price"]) == Decimal("42000.20")
     assert Decimal(placed["fee"]) == Decimal("0.0420002")  # Binance's taker fee, 0.1 %

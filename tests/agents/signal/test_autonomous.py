@@ -43,6 +43,8 @@ def _trading(stack: Stack) -> Iterator[None]:
     ok(call(stack, "PUT", "risk", "/limits", json=relaxed))
     # Other suites leave synthetic equity peaks behind; the sim account is ~10,000 USDT.
     ok(call(stack, "POST", "risk", "/drawdown/reset", json={"reason": "test", "equity": "1"}))
+    # The sim account's own peak at its equity now (404 before its first order: none yet).
+    call(stack, "POST", "risk", "/drawdown/reset", json={"reason": "test", "account": "sim"})
     # Always: a halt risk could not record (its database-outage test) still closed
     # execution's own gate, and only a resume opens it again.
     ok(call(stack, "POST", "risk", "/resume", json={"reason": "test setup"}))
