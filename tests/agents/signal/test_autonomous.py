@@ -77,13 +77,16 @@ def _params_with_a_buy_now(stack: Stack, timeframe: str = "1m") -> tuple[dict[st
     """SMA periods whose fast average crossed above the slow one on the last closed bar:
     the sim's prices are seeded, not chosen, so search for such a pair."""
     strategy = get_strategy("sma_cross")
-    bars = _closed_bars(stack, timeframe)
-    for slow in range(3, 80):
-        for fast in range(2, slow):
-            params = strategy.validate({"fast": fast, "slow": slow})
-            if strategy.generate(bars, params).entries[-1]:
-                return {"fast": fast, "slow": slow}, int(bars.ts[-1])
-    pytest.fail(f"no SMA pair crosses upward on the last closed {timeframe} bar")
+    step_s = TIMEFRAME_MS[timeframe] / 1000
+    for _ in range(3):  # some bars close in a slide no pair crosses up on: wait for the next
+        bars = _closed_bars(stack, timeframe)
+        for slow in range(3, 80):
+            for fast in range(2, slow):
+                params = strategy.validate({"fast": fast, "slow": slow})
+                if strategy.generate(bars, params).entries[-1]:
+                    return {"fast": fast, "slow": slow}, int(bars.ts[-1])
+        time.sleep(step_s - time.time() % step_s + 1)
+    pytest.fail(f"no SMA pair crossed upward on three last closed {timeframe} bars")
 
 
 def _decide_buy_concurrently(stack: Stack, n: int = 5) -> list[dict[str, Any]]:
