@@ -709,7 +709,8 @@ class OrderService:
             account=self.exchanges.account(exchange),  # (risk: a drawdown peak per account)
         )
         # What compliance's wash-trade rule looks at: our limit prices resting on the book
-        # (a stop waiting for its trigger is not on it), and our limit orders on their way
+        # (a stop waiting for its trigger is not on it), those that may be (`unknown`: the
+        # exchange took them and did not say more), and our limit orders on their way
         # there (one recorded in between is listed twice: harmless, never missed).
         resting: dict[str, list[RestingOrder]] = {}
         for way in on_their_way:
@@ -718,7 +719,7 @@ class OrderService:
                     RestingOrder(side=way.open.side, price=way.open.price, amount=way.open.amount)
                 )
         for o in live:
-            if o.status in repo.LIVE and o.price is not None and o.amount > o.filled:
+            if o.status in _MAY_REST and o.price is not None and o.amount > o.filled:
                 resting.setdefault(o.symbol, []).append(
                     RestingOrder(side=OrderSide(o.side), price=o.price, amount=o.amount - o.filled)
                 )
@@ -789,6 +790,9 @@ def _answer(ask: _Ask, failure: VolexError | ExchangeError | None) -> None:
 def _answer_the_rest(batch: list[_Ask], failure: VolexError | ExchangeError) -> None:
     for ask in batch:
         _answer(ask, failure)
+
+
+_MAY_REST = repo.LIVE | {"unknown"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -181,6 +181,31 @@ def test_wash_trade_rule_sees_a_limit_order_still_on_its_way(stack: Stack) -> No
     assert response.status_code == 200, response.text
 
 
+def test_wash_trade_rule_sees_a_limit_order_whose_fate_is_unknown(stack: Stack) -> None:
+    """A limit buy the exchange took but did not confirm (a timeout after accepting: the
+    order is `unknown` until reconciled) may be resting on the book: a sell that would
+    cross it is refused by compliance meanwhile."""
+    mid = Decimal(stack.get("execution", "/ticker/sim/BTC-USDT").json()["last"])
+    price = str((mid * Decimal("0.98")).quantize(Decimal("0.01")))
+    stack.post("execution", "/exchanges/sim/faults", {"kind": "timeout_after_accept"})
+    bought = order(stack, type="limit", price=price, amount="0.001", client_order_id=new_cid())
+    assert bought.status_code == 202 and bought.json()["status"] == "unknown", bought.text
+    sell = order(stack, side="sell", type="limit", price=price, amount="0.001")
+    assert sell.status_code == 422, sell.text
+    assert "rejected by compliance" in sell.json()["detail"], sell.text
+    assert "wash_trade" in sell.json()["detail"], sell.text
+    buy_id = bought.json()["id"]
+    stack.wait_for(
+        lambda: stack.get("execution", f"/orders/sim/{buy_id}").json()["status"] == "open",
+        timeout=30,
+        what="the buy to be reconciled as resting",
+    )
+    response = httpx.delete(
+        stack.url("execution") + f"/orders/sim/{buy_id}", headers=stack.auth(), timeout=10
+    )
+    assert response.status_code == 200, response.text
+
+
 def test_a_chosen_hang_is_for_hang_faults_only(stack: Stack) -> None:
     fault = {"kind": "reject", "hang_seconds": 3}
     response = stack.post("execution", "/exchanges/sim/faults", fault)
