@@ -73,28 +73,37 @@ def _closed_bars(stack: Stack, timeframe: str = "1m") -> Bars:
     return bars
 
 
-def _params_with_a_buy_now(stack: Stack, timeframe: str = "1m") -> tuple[dict[str, int], int]:
-    """SMA periods whose fast average crossed above the slow one on the last closed bar:
-    the sim's prices are seeded, not chosen, so search for such a pair."""
-    strategy = get_strategy("sma_cross")
+def _params_with_a_buy_now(
+    stack: Stack, timeframe: str = "1m"
+) -> tuple[str, dict[str, float], int]:
+    """A strategy and parameters that buy on the last closed bar: the sim's prices are
+    seeded, not chosen, so search. SMA periods whose fast average crossed above the slow
+    one; in a slide no pair does, so then an RSI period and oversold level it climbed back
+    above (any bar the RSI rose on has one); else wait for the next bar."""
+    sma, rsi = get_strategy("sma_cross"), get_strategy("rsi_mean_reversion")
     step_s = TIMEFRAME_MS[timeframe] / 1000
-    for _ in range(3):  # some bars close in a slide no pair crosses up on: wait for the next
+    for _ in range(3):
         bars = _closed_bars(stack, timeframe)
         for slow in range(3, 80):
             for fast in range(2, slow):
-                params = strategy.validate({"fast": fast, "slow": slow})
-                if strategy.generate(bars, params).entries[-1]:
-                    return {"fast": fast, "slow": slow}, int(bars.ts[-1])
+                params = sma.validate({"fast": fast, "slow": slow})
+                if sma.generate(bars, params).entries[-1]:
+                    return "sma_cross", {"fast": fast, "slow": slow}, int(bars.ts[-1])
+        for period in range(2, 31):
+            for lower in range(5, 96):
+                wanted = {"period": period, "lower": lower, "upper": 99}
+                if rsi.generate(bars, rsi.validate(wanted)).entries[-1]:
+                    return "rsi_mean_reversion", wanted, int(bars.ts[-1])
         time.sleep(step_s - time.time() % step_s + 1)
-    pytest.fail(f"no SMA pair crossed upward on three last closed {timeframe} bars")
+    pytest.fail(f"no strategy buys on three last closed {timeframe} bars")
 
 
 def _decide_buy_concurrently(stack: Stack, n: int = 5) -> list[dict[str, Any]]:
     """`n` decide calls at once on the bar we searched (a tick racing its own retry);
     searched again if the minute turned meanwhile."""
     for _ in range(4):
-        params, bar_ts = _params_with_a_buy_now(stack)
-        body = {"symbol": SYMBOL, "timeframe": "1m", "strategy": "sma_cross", "params": params}
+        strategy, params, bar_ts = _params_with_a_buy_now(stack)
+        body = {"symbol": SYMBOL, "timeframe": "1m", "strategy": strategy, "params": params}
         with ThreadPoolExecutor(max_workers=n) as pool:
             decisions = list(
                 pool.map(
@@ -348,8 +357,8 @@ def test_a_refused_attempt_is_tried_again_under_the_next_id_on_the_same_bar(
     for _ in range(3):
         # 3m bars: another test may have ordered this minute's 1m signal already (the
         # same client order id), and a replay of that order would not be refused.
-        params, bar_ts = _params_with_a_buy_now(stack, "3m")
-        body = {"symbol": SYMBOL, "timeframe": "3m", "strategy": "sma_cross", "params": params}
+        strategy, params, bar_ts = _params_with_a_buy_now(stack, "3m")
+        body = {"symbol": SYMBOL, "timeframe": "3m", "strategy": strategy, "params": params}
         # Compliance refuses the first attempt after execution has claimed its id ...
         restricted = {**editable, "restricted_symbols": [SYMBOL]}
         ok(call(stack, "PUT", "compliance", "/policies", json=restricted))
