@@ -86,7 +86,6 @@ class AgentClient:
                     keepalive_timeout=self.keepalive_s,
                     use_dns_cache=True,
                 ),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
                 # Our own Accept-Encoding, no cookies, no proxies from the environment:
                 # these are calls between agents on this machine.
                 auto_decompress=False,
@@ -123,7 +122,8 @@ class AgentClient:
                 data=body,
                 params=_query(params) if params else None,
                 headers=self._headers(body is not None),
-                timeout=aiohttp.ClientTimeout(total=timeout) if timeout is not None else None,
+                # Always a ClientTimeout: aiohttp reads timeout=None as "wait for ever".
+                timeout=aiohttp.ClientTimeout(total=self.timeout if timeout is None else timeout),
                 allow_redirects=False,
             ) as response:
                 content = await response.read()

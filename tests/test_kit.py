@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -105,6 +106,29 @@ def test_client_names_an_unreachable_agent() -> None:
 
     with pytest.raises(ServiceUnavailable, match="risk is unreachable"):
         asyncio.run(call())
+
+
+def test_client_gives_up_on_an_agent_that_never_answers() -> None:
+    """A peer that takes the connection and never answers is a 503 after the client's
+    timeout (the fleet's `http_timeout`), whether or not the caller gave one."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections queue in the kernel; nothing ever reads or answers
+    port = silent.getsockname()[1]
+    settings = Settings(
+        port_base=1, agent_url_template=f"http://127.0.0.1:{port}/{{name}}", http_timeout=0.5
+    )
+
+    async def call(**kwargs: float) -> None:
+        async with Agents(settings, "t") as agents:
+            await asyncio.wait_for(agents.risk.post("/checks/pre-trade", json={}, **kwargs), 10)
+
+    try:
+        for kwargs in ({}, {"timeout": 0.5}):
+            with pytest.raises(ServiceUnavailable, match="risk did not answer POST"):
+                asyncio.run(call(**kwargs))
+    finally:
+        silent.close()
 
 
 def test_client_reports_its_own_refused_credentials_as_upstream_error(stack: Stack) -> None:
