@@ -125,9 +125,6 @@ class OrderService:
             self._record_batch, lambda answer: answer[2], MAX_BATCH
         )
         self.batch_sizes: Histogram | None = None  # set by the app: orders per approval
-        self.record_queues: dict[
-            tuple[str, str], list[tuple[int, ExchangeOrder, asyncio.Future[Order]]]
-        ] = {}
         self.after_fill: Callable[[Order], Awaitable[None]] = _nothing_after_fill
         self.make_way: Callable[[Order], Awaitable[bool]] = _no_way
 

@@ -163,6 +163,10 @@ def account_peaks(session: Session) -> Sequence[RiskAccountPeak]:
     )
 
 
+def account_peak(session: Session, account: str) -> RiskAccountPeak | None:
+    return session.get(RiskAccountPeak, account)
+
+
 def reset_account_peak(
     session: Session, account: str, peak: Decimal | None
 ) -> tuple[Decimal, Decimal] | None:

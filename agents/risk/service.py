@@ -239,8 +239,8 @@ def _peak_of(session: Session, account: str | None, unseen: Decimal) -> Decimal:
     """The account's peak (the single peak for no account); `unseen` for a new account."""
     if account is None:
         return repo.get_peak(session).peak_equity
-    peaks = {row.account: row.peak_equity for row in repo.account_peaks(session)}
-    return peaks.get(account, unseen)
+    row = repo.account_peak(session, account)
+    return row.peak_equity if row is not None else unseen
 
 
 def reset_peak(session: Session, body: PeakResetRequest, caller: Caller) -> Drawdown:

@@ -168,17 +168,7 @@ def test_wash_trade_rule_sees_a_limit_order_still_on_its_way(stack: Stack) -> No
     assert sell.status_code == 422, sell.text
     assert "rejected by compliance" in sell.json()["detail"], sell.text
     assert "wash_trade" in sell.json()["detail"], sell.text
-    # The buy rests on the exchange once reconciled; take it off the book.
-    buy_id = bought.json()["id"]
-    stack.wait_for(
-        lambda: stack.get("execution", f"/orders/sim/{buy_id}").json()["status"] == "open",
-        timeout=30,
-        what="the buy to be reconciled as resting",
-    )
-    response = httpx.delete(
-        stack.url("execution") + f"/orders/sim/{buy_id}", headers=stack.auth(), timeout=10
-    )
-    assert response.status_code == 200, response.text
+    _cancel_once_resting(stack, bought.json()["id"])  # (reconciled, it rests on the book)
 
 
 def test_wash_trade_rule_sees_a_limit_order_whose_fate_is_unknown(stack: Stack) -> None:
@@ -194,14 +184,18 @@ def test_wash_trade_rule_sees_a_limit_order_whose_fate_is_unknown(stack: Stack) 
     assert sell.status_code == 422, sell.text
     assert "rejected by compliance" in sell.json()["detail"], sell.text
     assert "wash_trade" in sell.json()["detail"], sell.text
-    buy_id = bought.json()["id"]
+    _cancel_once_resting(stack, bought.json()["id"])
+
+
+def _cancel_once_resting(stack: Stack, order_id: int) -> None:
+    """Wait for an `unknown` order to be reconciled as resting, then take it off the book."""
     stack.wait_for(
-        lambda: stack.get("execution", f"/orders/sim/{buy_id}").json()["status"] == "open",
+        lambda: stack.get("execution", f"/orders/sim/{order_id}").json()["status"] == "open",
         timeout=30,
-        what="the buy to be reconciled as resting",
+        what=f"order {order_id} to be reconciled as resting",
     )
     response = httpx.delete(
-        stack.url("execution") + f"/orders/sim/{buy_id}", headers=stack.auth(), timeout=10
+        stack.url("execution") + f"/orders/sim/{order_id}", headers=stack.auth(), timeout=10
     )
     assert response.status_code == 200, response.text
 
