@@ -1,5 +1,5 @@
 """Engine and session factories, the session dependency, the TimescaleDB helper, and
-`LoopWriter` for single-statement inserts on the event loop.
+`LoopDatabase` for transactions and inserts on the event loop.
 
 Handlers get a session from `SessionDep`; it commits when the handler returns and
 rolls back when it raises. Services and repositories never commit themselves.
@@ -8,10 +8,11 @@ rolls back when it raises. Services and repositories never commit themselves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
@@ -233,15 +234,17 @@ _OUTAGES = (
 )
 
 
-class LoopWriter:
-    """Single-statement inserts on the event loop itself (asyncpg), for the hot paths where
-    a worker-thread hop and SQLAlchemy's statement handling were most of a request's
-    time (measured on `POST /signals/generate`: bench/README.md).
+class LoopDatabase:
+    """PostgreSQL on the event loop itself (asyncpg), for the hot paths where a worker-thread
+    hop and SQLAlchemy's statement handling were most of a request's time (measured on
+    `POST /signals/generate` and on the order path: bench/README.md).
 
-    Each `insert` is one pipelined `executemany` ending in one Sync: one implicit
-    transaction, all rows or none. Connections open on first use (a database that is
-    down at start-up does not stop the service) and a broken one fails its statement
-    with a 503 and is replaced, as the SQLAlchemy engines above do.
+    `transaction()` runs a block of statements in one transaction on one connection;
+    `insert` is one pipelined `executemany` ending in one Sync (one implicit transaction,
+    all rows or none). Connections open on first use (a database that is down at start-up
+    does not stop the service) and a broken one fails its statement with a 503 and is
+    replaced, as the SQLAlchemy engines above do. Errors map as `database_error` maps
+    SQLAlchemy's: an outage is a 503, a conflict a 409, anything else a 500.
     """
 
     def __init__(self, url: str, *, size: int = 4, synchronous_commit: bool = True) -> None:
@@ -269,12 +272,24 @@ class LoopWriter:
             await self._pool.close()
             self._pool = None
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection inside one transaction: committed when the block ends, rolled back
+        when it raises. A database error inside the block (or at commit) is mapped."""
+        if self._pool is None:
+            raise ServiceUnavailable("database unavailable (the loop pool is not open)")
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                yield connection
+        except (*_OUTAGES, asyncpg.PostgresError) as exc:
+            raise loop_database_error(exc) from exc
+
     async def insert(self, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert `rows` (dicts with the same keys, named after `table`'s columns)."""
         if not rows:
             return
         if self._pool is None:
-            raise ServiceUnavailable("database unavailable (the writer is not open)")
+            raise ServiceUnavailable("database unavailable (the loop pool is not open)")
         names = tuple(rows[0])
         sql = self._sql.get((table.name, names))
         if sql is None:
@@ -285,14 +300,19 @@ class LoopWriter:
         try:
             async with self._pool.acquire() as connection:
                 await connection.executemany(sql, [tuple(r[n] for n in names) for r in rows])
-        except _OUTAGES as exc:
-            log.warning("database unavailable: %s", exc.__class__.__name__)
-            raise ServiceUnavailable(f"database unavailable ({exc.__class__.__name__})") from exc
-        except asyncpg.IntegrityConstraintViolationError as exc:
-            raise Conflict(f"conflicts with stored data: {str(exc).splitlines()[0][:200]}") from exc
-        except asyncpg.PostgresError as exc:
-            log.error("database error", exc_info=exc)
-            raise VolexError("internal database error; see the service log") from exc
+        except (*_OUTAGES, asyncpg.PostgresError) as exc:
+            raise loop_database_error(exc) from exc
+
+
+def loop_database_error(exc: BaseException) -> VolexError:
+    """`database_error` for asyncpg's errors."""
+    if isinstance(exc, _OUTAGES):
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        return ServiceUnavailable(f"database unavailable ({exc.__class__.__name__})")
+    if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+        return Conflict(f"conflicts with stored data: {str(exc).splitlines()[0][:200]}")
+    log.error("database error", exc_info=exc)
+    return VolexError("internal database error; see the service log")
 
 
 async def _json_codecs(connection: asyncpg.Connection) -> None:

@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import asyncpg
 from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,20 +28,36 @@ REFUSED_RETRY_S = 300.0
 _QUEUE = insert(cast(Table, OutboxEvent.__table__))
 
 
-def record(session: Session, service: str, event: AuditEventIn) -> None:
-    """Queue `event` in the caller's transaction: it exists exactly when the change does.
-    It gets an `event_id`, so that sending it again (an answer lost to a timeout or a
-    crash) does not append it twice at compliance, and its data the time it happened,
-    `occurred_at` (compliance stamps when it arrives, which an outage delays)."""
+def _queued(event: AuditEventIn) -> dict[str, Any]:
+    """The payload to queue for `event`. It gets an `event_id`, so that sending it again
+    (an answer lost to a timeout or a crash) does not append it twice at compliance, and
+    its data the time it happened, `occurred_at` (compliance stamps when it arrives, which
+    an outage delays)."""
     update: dict[str, Any] = {"data": {"occurred_at": datetime.now(UTC).isoformat(), **event.data}}
     if event.event_id is None:
         update["event_id"] = uuid.uuid4().hex
-    event = event.model_copy(update=update)
+    return event.model_copy(update=update).model_dump(mode="json")
+
+
+def record(session: Session, service: str, event: AuditEventIn) -> None:
+    """Queue `event` in the caller's transaction: it exists exactly when the change does."""
     # A plain INSERT, run now (queued events keep the order they were recorded in);
     # through the ORM's unit of work it cost three times as much, three times an order.
-    session.execute(
-        _QUEUE, {"service": service, "payload": event.model_dump(mode="json"), "attempts": 0}
-    )
+    session.execute(_QUEUE, {"service": service, "payload": _queued(event), "attempts": 0})
+
+
+_QUEUE_ON_LOOP = "INSERT INTO event_outbox (service, payload, attempts) VALUES ($1, $2, 0)"
+
+
+async def record_on(
+    connection: asyncpg.Connection, service: str, events: Sequence[AuditEventIn]
+) -> None:
+    """`record` for a transaction on the event loop (`LoopDatabase.transaction`): the
+    events are queued in the given order."""
+    if len(events) == 1:
+        await connection.execute(_QUEUE_ON_LOOP, service, _queued(events[0]))
+    elif events:
+        await connection.executemany(_QUEUE_ON_LOOP, [(service, _queued(e)) for e in events])
 
 
 class OutboxRelay:

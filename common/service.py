@@ -47,6 +47,7 @@ from common.clients import Agents
 from common.db import (
     DB_MAX_OVERFLOW,
     DB_POOL_SIZE,
+    LoopDatabase,
     check_database,
     make_engine,
     make_session_factory,
@@ -66,6 +67,8 @@ CLIENT_KEEP_ALIVE_S = 5.0
 # Connections from one service to each other agent. The checks behind them run one at a
 # time (risk and compliance serialise on their locks), so more would only queue there.
 AGENT_CONNECTIONS = 16
+# Connections of the loop pool: its transactions are short and never wait on a thread.
+LOOP_POOL_SIZE = 10
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/docs", "/openapi.json"})
 DOCS_STATIC = "/docs-static"
@@ -86,6 +89,8 @@ class Kit:
     started_at: float = field(default_factory=time.time)
     engine: Engine | None = None
     session_factory: sessionmaker[Session] | None = None
+    # The hot paths' transactions on the event loop (asyncpg): no thread hop, no ORM.
+    loop_db: LoopDatabase | None = None
     vault: VaultClient | None = None
     events: EventBus | None = None
     agents: Agents | None = None
@@ -192,6 +197,7 @@ def _open(kit: Kit) -> None:
         register_secret(make_url(url).password)
         kit.engine = make_engine(url)
         kit.session_factory = make_session_factory(kit.engine)
+        kit.loop_db = LoopDatabase(url, size=LOOP_POOL_SIZE)
     if "redis" in kit.dependencies:
         url = settings.resolved_redis_url()
         register_secret(httpx.URL(url).password)
@@ -216,6 +222,8 @@ async def _close(kit: Kit) -> None:
         await kit.agents.aclose()
     if kit.events is not None:
         await kit.events.close()
+    if kit.loop_db is not None:
+        await kit.loop_db.close()
     if kit.engine is not None:
         kit.engine.dispose()
 
@@ -231,6 +239,8 @@ def _make_lifespan(
             ThreadPoolExecutor(max_workers=DB_POOL_SIZE + DB_MAX_OVERFLOW, thread_name_prefix="io")
         )
         _open(kit)
+        if kit.loop_db is not None:
+            await kit.loop_db.open()  # (connects on first use)
         try:
             await asyncio.to_thread(_load_identity, kit)
         except ServiceUnavailable as exc:

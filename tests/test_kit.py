@@ -18,7 +18,7 @@ from sqlalchemy import Column, MetaData, Table, create_engine, text
 from common import migrations
 from common.auth import api_token_path
 from common.clients import Agents
-from common.db import LoopWriter, make_time_series
+from common.db import LoopDatabase, make_time_series
 from common.errors import Conflict, ServiceUnavailable, UpstreamError, VolexError
 from common.events import EventBus
 from common.logging import JsonFormatter, register_secret
@@ -281,7 +281,7 @@ def test_loop_writer_inserts_all_rows_or_none_and_maps_failures(stack: Stack) ->
     url = stack.settings.resolved_database_url()
 
     async def run() -> list[Exception]:
-        writer = LoopWriter(url, size=2, synchronous_commit=False)
+        writer = LoopDatabase(url, size=2, synchronous_commit=False)
         await writer.open()
         failures: list[Exception] = []
         try:
@@ -295,7 +295,7 @@ def test_loop_writer_inserts_all_rows_or_none_and_maps_failures(stack: Stack) ->
                     failures.append(exc)
         finally:
             await writer.close()
-        nowhere = LoopWriter(url.replace(f":{stack.settings.pg_port}/", ":1/"))
+        nowhere = LoopDatabase(url.replace(f":{stack.settings.pg_port}/", ":1/"))
         await nowhere.open()
         try:
             await nowhere.insert(table, [{"id": 9, "side": "buy", "meta": {}}])
@@ -315,6 +315,56 @@ def test_loop_writer_inserts_all_rows_or_none_and_maps_failures(stack: Stack) ->
     assert isinstance(duplicate, Conflict) and "writer_probe_pkey" in duplicate.message
     assert isinstance(unreachable, ServiceUnavailable)
     assert "database unavailable" in unreachable.message
+
+
+def test_loop_transaction_commits_the_block_or_nothing_and_maps_failures(stack: Stack) -> None:
+    with stack.engine().begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS loop_tx_probe"))
+        conn.execute(text("CREATE TABLE loop_tx_probe (id int PRIMARY KEY, note text NOT NULL)"))
+    url = stack.settings.resolved_database_url()
+
+    class Refused(Exception):
+        pass
+
+    async def run() -> list[BaseException]:
+        db = LoopDatabase(url, size=2)
+        await db.open()
+        failures: list[BaseException] = []
+        try:
+            async with db.transaction() as conn:
+                await conn.execute("INSERT INTO loop_tx_probe VALUES (1, 'kept')")
+                await conn.execute("INSERT INTO loop_tx_probe VALUES (2, 'kept')")
+            for second in ("(1, 'clash')", "(4, NULL)"):
+                try:
+                    async with db.transaction() as conn:
+                        await conn.execute("INSERT INTO loop_tx_probe VALUES (3, 'lost')")
+                        await conn.execute(f"INSERT INTO loop_tx_probe VALUES {second}")
+                except VolexError as exc:
+                    failures.append(exc)
+            try:  # our own refusal half-way: the rows before it go too
+                async with db.transaction() as conn:
+                    await conn.execute("INSERT INTO loop_tx_probe VALUES (5, 'lost')")
+                    raise Refused
+            except Refused as exc:
+                failures.append(exc)
+        finally:
+            await db.close()
+        try:
+            async with db.transaction():
+                pass
+        except VolexError as exc:
+            failures.append(exc)
+        return failures
+
+    clash, null, refused, closed = asyncio.run(run())
+    with stack.engine().begin() as conn:
+        stored = conn.execute(text("SELECT id, note FROM loop_tx_probe ORDER BY id")).all()
+        conn.execute(text("DROP TABLE loop_tx_probe"))
+    assert [tuple(row) for row in stored] == [(1, "kept"), (2, "kept")]
+    assert isinstance(clash, Conflict) and "loop_tx_probe_pkey" in clash.message
+    assert isinstance(null, Conflict) and "note" in null.message
+    assert isinstance(refused, Refused)
+    assert isinstance(closed, ServiceUnavailable)
 
 
 def test_migrations_are_at_every_head(stack: Stack) -> None:

@@ -10,14 +10,14 @@ from typing import Any
 from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.orm import Session, defer
 
-from common.db import LoopWriter
+from common.db import LoopDatabase
 from common.models.signal import SignalModel, SignalRecord
 
 # --- signals ---------------------------------------------------------------------------------
 SIGNALS: Table = SignalRecord.__table__  # type: ignore[assignment]
 
 
-async def insert_signals(writer: LoopWriter, rows: list[dict[str, Any]]) -> None:
+async def insert_signals(writer: LoopDatabase, rows: list[dict[str, Any]]) -> None:
     """All rows of one generate call, all or none, on the event loop."""
     await writer.insert(SIGNALS, rows)
 

@@ -17,7 +17,7 @@ from agents.signal.artifacts import ModelCache
 from agents.signal.market import BarSource
 from agents.signal.repository import ModelRef
 from common.contracts import MARKET_DATA_CHANNEL
-from common.db import LoopWriter
+from common.db import LoopDatabase
 from common.errors import ServiceUnavailable
 from common.events import EventBus
 from common.service import Kit
@@ -61,7 +61,7 @@ class Runtime:
     # Signal history is written on the event loop (asyncpg) with synchronous_commit off:
     # a generate call's one INSERT needs no worker thread and does not wait for the disk
     # (rows are derived; see common.db).
-    history: LoopWriter | None = None
+    history: LoopDatabase | None = None
     models: ModelCache = field(default_factory=ModelCache)
     active: ActiveModels = field(default_factory=ActiveModels)
     # One training at a time: it is CPU-bound and must not starve signal requests.
@@ -91,7 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise RuntimeError("the kit opens the agent clients before the signal lifespan runs")
     history = None
     if kit.engine is not None:
-        history = LoopWriter(
+        history = LoopDatabase(
             kit.settings.resolved_database_url(), size=HISTORY_POOL, synchronous_commit=False
         )
         await history.open()
