@@ -273,6 +273,17 @@ class LoopDatabase:
             self._pool = None
 
     @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for reads, each statement its own transaction; errors mapped."""
+        if self._pool is None:
+            raise ServiceUnavailable("database unavailable (the loop pool is not open)")
+        try:
+            async with self._pool.acquire() as connection:
+                yield connection
+        except (*_OUTAGES, asyncpg.PostgresError) as exc:
+            raise loop_database_error(exc) from exc
+
+    @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection inside one transaction: committed when the block ends, rolled back
         when it raises. A database error inside the block (or at commit) is mapped."""

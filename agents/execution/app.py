@@ -42,7 +42,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     kit: Kit = app.state.kit
     assert kit.session_factory is not None and kit.agents is not None
     exchanges = ExchangeRegistry(settings, kit.vault)
-    orders = OrderService(kit.session_factory, kit.agents, exchanges)
+    assert kit.loop_db is not None
+    orders = OrderService(kit.session_factory, kit.loop_db, kit.agents, exchanges)
     orders.stage_seconds = Histogram(
         "volex_order_stage_seconds",
         "Time spent in each stage of POST /orders",

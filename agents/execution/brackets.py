@@ -126,7 +126,7 @@ class Brackets:
         async with self.lock:
             if self.orders.gate == TradingState.HALTED:
                 return  # a halt cancelled them; the monitor protects until resume
-            positions, legs = await self.orders.db(self._book, exchange, symbol)
+            positions, legs = await self._book(exchange, symbol)
             for key in [k for k in self.refused if k[0] == exchange and k[1] not in positions]:
                 if symbol in (None, key[1]):
                     del self.refused[key]  # that position is gone
@@ -181,13 +181,13 @@ class Brackets:
             )
             if trigger is not None
         ]
-        claimed = await self.orders.db(self.orders._claim_all, values, SERVICE)
+        claimed = await self.orders._claim_all(values, SERVICE)
         with self.orders.flying(claimed):
             answers = await self._create(adapter, claimed, want)
         if answers is None:
             return
         for leg, ex in zip(claimed, answers, strict=True):
-            await self.orders.db(self.orders.record, leg.id, ex)
+            await self.orders.record(leg.id, ex)
         self.refused.pop((exchange, symbol), None)
         self.orders.wake_relay()
 
@@ -244,20 +244,19 @@ class Brackets:
             await self.orders.db(self.orders._finish, leg.id, status, reason, SERVICE)
 
     # --- reads -----------------------------------------------------------------------------
-    def _book(
+    async def _book(
         self, exchange: str, symbol: str | None
     ) -> tuple[dict[str, Position], dict[str, list[Order]]]:
         """Armed positions and the legs not yet final, by symbol."""
-        with self.orders.sessions() as session:
-            positions = {
-                p.symbol: p
-                for p in repo.positions(session, exchange)
-                if (symbol is None or p.symbol == symbol)
-                and (p.stop_loss is not None or p.take_profit is not None)
-            }
-            legs: dict[str, list[Order]] = {}
-            for leg in repo.brackets(session, exchange, ROLES, symbol):
-                legs.setdefault(leg.symbol, []).append(leg)
+        positions = {
+            p.symbol: p
+            for p in await self.orders.positions(exchange)
+            if (symbol is None or p.symbol == symbol)
+            and (p.stop_loss is not None or p.take_profit is not None)
+        }
+        legs: dict[str, list[Order]] = {}
+        for leg in await self.orders.db(self._legs, exchange, symbol):
+            legs.setdefault(leg.symbol, []).append(leg)
         return positions, legs
 
     def _legs(self, exchange: str, symbol: str | None) -> list[Order]:

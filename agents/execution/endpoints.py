@@ -134,7 +134,7 @@ async def get_positions(exchange: str, reconciler: ReconcilerDep) -> list[Positi
     orders.exchanges.get(exchange)
     on_exchange = await reconciler.brackets.protected(exchange)
     result = []
-    for pos in await orders.db(orders._positions, exchange):
+    for pos in await orders.positions(exchange):
         armed = pos.stop_loss is not None or pos.take_profit is not None
         watched = armed or pos.trailing_stop_pct is not None
         mark, _ = await orders.exchanges.mark(exchange, pos.symbol)

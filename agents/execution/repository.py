@@ -1,16 +1,24 @@
-"""All of execution's SQL: orders, fills, positions."""
+"""All of execution's SQL: orders, fills, positions.
+
+The order path's statements (claim, record) run on the event loop through asyncpg
+(`LoopDatabase.transaction`: no worker thread, no ORM unit of work). They read and return
+the same model objects, detached, so the rest of the code cannot tell where a row came
+from. The other statements (the reconciler's reads, brackets, the endpoints) use the ORM.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from common.models import Fill, Order, Position
+from common.models import Order, Position
 
 FINAL = frozenset({"filled", "cancelled", "rejected", "expired"})
 LIVE = frozenset({"open", "partially_filled"})
@@ -20,28 +28,151 @@ UNSETTLED = frozenset({"pending", "unknown"})
 NOT_FINAL = UNSETTLED | LIVE
 
 
-# The order path's inserts are built once and run with parameters: building one per call
-# (`.values(**row)`) was a third of a claim's CPU time.
-_CLAIM = insert(Order).on_conflict_do_nothing(index_elements=["client_order_id"]).returning(Order)
-_ADD_FILL = (
-    insert(Fill).on_conflict_do_nothing(index_elements=["exchange", "trade_id"]).returning(Fill.id)
-)
+# --- the order path, on the event loop (asyncpg) -------------------------------------------
+def _order(row: asyncpg.Record) -> Order:
+    return Order(**dict(row))
 
 
-def claim(session: Session, values: dict[str, Any]) -> Order | None:
+def _position(row: asyncpg.Record) -> Position:
+    return Position(**dict(row))
+
+
+def _insert(table: str, names: list[str], conflict: str, returning: str) -> str:
+    columns = ", ".join(names)
+    params = ", ".join(f"${i}" for i in range(1, len(names) + 1))
+    return (
+        f"INSERT INTO {table} ({columns}) VALUES ({params})"  # noqa: S608 (our own names)
+        f" ON CONFLICT ({conflict}) DO NOTHING RETURNING {returning}"
+    )
+
+
+async def claim(connection: asyncpg.Connection, values: dict[str, Any]) -> Order | None:
     """Insert a pending order; None if its client order id is already taken. One
     statement: the row comes back with the insert."""
     row = {**values, "status": "pending", "filled": Decimal(0), "fee": Decimal(0)}
-    return session.scalars(_CLAIM, row).one_or_none()
+    found = await connection.fetchrow(
+        _insert("orders", list(row), "client_order_id", "*"), *row.values()
+    )
+    return None if found is None else _order(found)
 
 
-def lock_orders(session: Session, order_ids: Sequence[int]) -> None:
+async def lock_order(connection: asyncpg.Connection, order_id: int) -> Order:
+    row = await connection.fetchrow("SELECT * FROM orders WHERE id = $1 FOR UPDATE", order_id)
+    assert row is not None, f"order {order_id} vanished"
+    return _order(row)
+
+
+async def lock_orders(connection: asyncpg.Connection, order_ids: Sequence[int]) -> None:
     """Lock these order rows, in id order."""
-    session.execute(
-        select(Order.id).where(Order.id.in_(order_ids)).order_by(Order.id).with_for_update()
-    ).all()
+    await connection.execute(
+        "SELECT id FROM orders WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+        list(order_ids),
+    )
 
 
+_RECORDED = ("exchange_order_id", "filled", "fee", "average_price", "status", "reason")
+
+
+def recorded(order: Order) -> tuple[Any, ...]:
+    """What recording an answer may change in an order (`save_recorded` writes it)."""
+    return tuple(getattr(order, name) for name in _RECORDED)
+
+
+async def save_recorded(connection: asyncpg.Connection, order: Order) -> None:
+    order.updated_at = await connection.fetchval(
+        "UPDATE orders SET exchange_order_id = $2, filled = $3, fee = $4, average_price = $5,"
+        " status = $6, reason = $7, updated_at = clock_timestamp() WHERE id = $1"
+        " RETURNING updated_at",
+        order.id,
+        *recorded(order),
+    )
+
+
+_LOCK_POSITION = "SELECT * FROM positions WHERE exchange = $1 AND symbol = $2 FOR UPDATE"
+
+
+async def lock_position(connection: asyncpg.Connection, exchange: str, symbol: str) -> Position:
+    """The position row, locked for update (created flat if new)."""
+    found = await connection.fetchrow(_LOCK_POSITION, exchange, symbol)
+    if found is None:
+        await connection.execute(
+            "INSERT INTO positions (exchange, symbol, amount, entry_price, realized_pnl)"
+            " VALUES ($1, $2, 0, 0, 0) ON CONFLICT DO NOTHING",
+            exchange,
+            symbol,
+        )
+        found = await connection.fetchrow(_LOCK_POSITION, exchange, symbol)
+        assert found is not None
+    return _position(found)
+
+
+_HELD = (
+    "amount",
+    "entry_price",
+    "realized_pnl",
+    "stop_loss",
+    "take_profit",
+    "trailing_stop_pct",
+    "trail_extreme",
+)
+
+
+def held_state(pos: Position) -> tuple[Any, ...]:
+    """What recording may change in a position (`save_position` writes it)."""
+    return tuple(getattr(pos, name) for name in _HELD)
+
+
+async def save_position(connection: asyncpg.Connection, pos: Position) -> None:
+    pos.updated_at = await connection.fetchval(
+        "UPDATE positions SET amount = $3, entry_price = $4, realized_pnl = $5, stop_loss = $6,"
+        " take_profit = $7, trailing_stop_pct = $8, trail_extreme = $9,"
+        " updated_at = clock_timestamp() WHERE exchange = $1 AND symbol = $2 RETURNING updated_at",
+        pos.exchange,
+        pos.symbol,
+        *held_state(pos),
+    )
+
+
+async def add_fill(connection: asyncpg.Connection, values: dict[str, Any]) -> bool:
+    """Record a trade once; False when it was already recorded."""
+    inserted = await connection.fetchval(
+        _insert("fills", list(values), "exchange, trade_id", "id"), *values.values()
+    )
+    return inserted is not None
+
+
+async def positions(connection: asyncpg.Connection, exchange: str) -> list[Position]:
+    """The exchange's positions that hold something, by symbol."""
+    rows = await connection.fetch(
+        "SELECT * FROM positions WHERE exchange = $1 AND amount <> 0 ORDER BY symbol", exchange
+    )
+    return [_position(row) for row in rows]
+
+
+async def live(
+    connection: asyncpg.Connection, exchange: str | None = None, *, with_unknown: bool = False
+) -> list[Order]:
+    """Orders resting on an exchange (all exchanges: None), oldest first; `with_unknown`,
+    also those whose fate we are still finding out (sent, no answer: they may be filled)."""
+    statuses = sorted(LIVE | {"unknown"} if with_unknown else LIVE)
+    rows = await connection.fetch(
+        "SELECT * FROM orders WHERE status = ANY($1::text[])"
+        " AND ($2::text IS NULL OR exchange = $2) ORDER BY id",
+        statuses,
+        exchange,
+    )
+    return [_order(row) for row in rows]
+
+
+async def realized_since(connection: asyncpg.Connection, since: datetime) -> Decimal:
+    """Realized PnL of the fills since `since`, on every exchange."""
+    total = await connection.fetchval(
+        "SELECT coalesce(sum(realized_pnl), 0) FROM fills WHERE filled_at >= $1", since
+    )
+    return Decimal(total)
+
+
+# --- through the ORM session ------------------------------------------------------------------
 def by_client_id(session: Session, client_order_id: str) -> Order | None:
     return session.scalars(select(Order).where(Order.client_order_id == client_order_id)).first()
 
@@ -72,18 +203,6 @@ def unsettled(session: Session, exchange: str | None = None) -> Sequence[Order]:
     return session.scalars(query.order_by(Order.id)).all()
 
 
-def live(
-    session: Session, exchange: str | None = None, *, with_unknown: bool = False
-) -> Sequence[Order]:
-    """Orders resting on an exchange; `with_unknown`, also those whose fate we are still
-    finding out (sent, no answer: they may be filled)."""
-    statuses = LIVE | {"unknown"} if with_unknown else LIVE
-    query = select(Order).where(Order.status.in_(statuses))
-    if exchange:
-        query = query.where(Order.exchange == exchange)
-    return session.scalars(query.order_by(Order.id)).all()
-
-
 def brackets(
     session: Session, exchange: str, roles: Sequence[str], symbol: str | None = None
 ) -> Sequence[Order]:
@@ -94,12 +213,6 @@ def brackets(
     if symbol:
         query = query.where(Order.symbol == symbol)
     return session.scalars(query.order_by(Order.id)).all()
-
-
-def add_fill(session: Session, values: dict[str, Any]) -> bool:
-    """Record a trade once; False when it was already recorded."""
-    inserted = session.execute(_ADD_FILL, values).scalar_one_or_none()
-    return inserted is not None
 
 
 def position(session: Session, exchange: str, symbol: str) -> Position:
@@ -132,19 +245,3 @@ def held(session: Session, exchange: str, symbol: str) -> Decimal:
         select(Position.amount).where(Position.exchange == exchange, Position.symbol == symbol)
     )
     return Decimal(amount or 0)
-
-
-def positions(session: Session, exchange: str | None = None) -> Sequence[Position]:
-    query = select(Position).where(Position.amount != 0)
-    if exchange:
-        query = query.where(Position.exchange == exchange)
-    return session.scalars(query.order_by(Position.exchange, Position.symbol)).all()
-
-
-def realized_since(session: Session, since: Any) -> Decimal:
-    from sqlalchemy import func
-
-    total = session.scalar(
-        select(func.coalesce(func.sum(Fill.realized_pnl), 0)).where(Fill.filled_at >= since)
-    )
-    return Decimal(total or 0)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import asyncpg
 from prometheus_client import Histogram
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -59,7 +60,7 @@ from common.contracts import (
     RestingOrder,
     TradingState,
 )
-from common.db import is_outage
+from common.db import LoopDatabase
 from common.errors import Conflict, ServiceUnavailable, Unprocessable, VolexError
 from common.models import Order, Position
 from common.money import to_step
@@ -82,17 +83,24 @@ def status_kind(status: str) -> str:
     return "order.completed" if status == "filled" else f"order.{status}"
 
 
+def event(kind: str, actor: str, subject: str, **data: Any) -> AuditEventIn:
+    return AuditEventIn(kind=kind, actor=actor, subject=subject, data=data)
+
+
 def audit(session: Session, kind: str, actor: str, subject: str, **data: Any) -> None:
-    outbox.record(
-        session, SERVICE, AuditEventIn(kind=kind, actor=actor, subject=subject, data=data)
-    )
+    outbox.record(session, SERVICE, event(kind, actor, subject, **data))
 
 
 class OrderService:
     def __init__(
-        self, sessions: sessionmaker[Session], agents: Agents, exchanges: ExchangeRegistry
+        self,
+        sessions: sessionmaker[Session],
+        loop_db: LoopDatabase,
+        agents: Agents,
+        exchanges: ExchangeRegistry,
     ) -> None:
         self.sessions = sessions
+        self.loop_db = loop_db  # the order path's own transactions (claim, record)
         self.agents = agents
         self.exchanges = exchanges
         self.wake_relay: Callable[[], None] = lambda: None
@@ -165,27 +173,23 @@ class OrderService:
         with self.sessions() as session:
             return repo.by_client_id(session, client_order_id)
 
-    def _claim(self, values: dict[str, Any], actor: str) -> Order | None:
-        with self.sessions.begin() as session:
-            order = repo.claim(session, values)
+    async def _claim(self, values: dict[str, Any], actor: str) -> Order | None:
+        async with self.loop_db.transaction() as connection:
+            order = await repo.claim(connection, values)
             if order is not None:
-                audit(
-                    session, "order.requested", actor, order.client_order_id, **_order_data(order)
-                )
+                await outbox.record_on(connection, SERVICE, [_requested(order, actor)])
             return order
 
-    def _claim_all(self, values: list[dict[str, Any]], actor: str) -> list[Order]:
+    async def _claim_all(self, values: list[dict[str, Any]], actor: str) -> list[Order]:
         """Claim orders that go out together (the legs of a pair): all or none."""
-        with self.sessions.begin() as session:
+        async with self.loop_db.transaction() as connection:
             claimed = []
             for one in values:
-                order = repo.claim(session, one)
+                order = await repo.claim(connection, one)
                 if order is None:
                     raise Conflict(f"client order id {one['client_order_id']!r} is taken")
-                audit(
-                    session, "order.requested", actor, order.client_order_id, **_order_data(order)
-                )
                 claimed.append(order)
+            await outbox.record_on(connection, SERVICE, [_requested(o, actor) for o in claimed])
             return claimed
 
     def _finish(self, order_id: int, status: str, reason: str, actor: str) -> Order:
@@ -228,9 +232,7 @@ class OrderService:
         }
         # The claim commits while the order waits for its approval (the account is read
         # meanwhile): a replay finds its order, and nothing is judged before it is claimed.
-        claim = asyncio.ensure_future(
-            self._timed("claim", self.db(self._claim, values, caller.name))
-        )
+        claim = asyncio.ensure_future(self._timed("claim", self._claim(values, caller.name)))
         refusal: VolexError | None = None
         try:
             _check_brackets(req, mid)  # refused after the claim: a replay gets its order
@@ -517,7 +519,7 @@ class OrderService:
             ex = await adapter.fetch_order(order.exchange_order_id, order.symbol)
             if ex.status == "open":
                 raise refused
-        return await self.db(self.record, order.id, ex)
+        return await self.record(order.id, ex)
 
     def settled(self, order_id: int) -> None:
         """The reconciler recorded an order whose answer could not be recorded when it
@@ -527,53 +529,64 @@ class OrderService:
             self.approved.pop(order_id, None)
 
     # --- ledger -----------------------------------------------------------------------------
-    def record(self, order_id: int, ex: ExchangeOrder) -> Order:
+    async def record(self, order_id: int, ex: ExchangeOrder) -> Order:
         """Bring our row in line with the exchange's order: status, fills, position."""
-        [order] = self.record_all([(order_id, ex)])
+        [order] = await self.record_all([(order_id, ex)])
         return order
 
-    def record_all(self, answers: list[tuple[int, ExchangeOrder]]) -> list[Order]:
+    async def record_all(self, answers: list[tuple[int, ExchangeOrder]]) -> list[Order]:
         """`record` each (order id, exchange's order), in turn, in one transaction. The
         order rows are locked first, in id order, then positions: two recorders never
         wait on each other's rows in opposite orders."""
-        with self.sessions.begin() as session:
+        async with self.loop_db.transaction() as connection:
             if len(answers) > 1:
-                repo.lock_orders(session, [order_id for order_id, _ in answers])
-            return [self._record(session, order_id, ex) for order_id, ex in answers]
+                await repo.lock_orders(connection, [order_id for order_id, _ in answers])
+            return [await self._record(connection, order_id, ex) for order_id, ex in answers]
 
-    def _record(self, session: Session, order_id: int, ex: ExchangeOrder) -> Order:
-        order = repo.get(session, order_id, lock=True)
-        assert order is not None
-        order.exchange_order_id = ex.id
+    async def _record(
+        self, connection: asyncpg.Connection, order_id: int, ex: ExchangeOrder
+    ) -> Order:
+        order = await repo.lock_order(connection, order_id)
+        before = repo.recorded(order)
+        events: list[AuditEventIn] = []
         pos: Position | None = None  # locked once, after the order row, if needed
+        held = None
         for trade in ex.trades:
             if pos is None:
-                pos = repo.position(session, order.exchange, order.symbol)
-            self._record_trade(session, order, pos, trade)
-        if ex.filled < order.filled:  # an older answer arrived late: keep the newer one
-            return order
-        order.filled, order.fee = ex.filled, ex.fee
-        order.average_price = ex.average
-        status = status_of(ex)
-        was_final = order.status in repo.FINAL
-        if status != order.status:
-            # The row is changed before the event is queued: queueing flushes it, so the
-            # order is written in one UPDATE rather than one before and one after.
-            order.status = status
-            if ex.reason:  # why the exchange expired or cancelled it, when it says
-                order.reason = ex.reason
-            audit(
-                session,
-                status_kind(status),
-                SERVICE,
-                order.client_order_id,
-                filled=str(ex.filled),
-                exchange_order_id=ex.id,
-                **({"reason": ex.reason} if ex.reason else {}),
-            )
-        armable = order.role == "entry" and order.filled > 0
-        if armable and status in repo.FINAL and not was_final:
-            _arm_position(order, pos or repo.position(session, order.exchange, order.symbol))
+                pos = await repo.lock_position(connection, order.exchange, order.symbol)
+                held = repo.held_state(pos)
+            events.extend(await self._record_trade(connection, order, pos, trade))
+        order.exchange_order_id = ex.id
+        if ex.filled >= order.filled:  # (an older answer arrived late: keep the newer one)
+            was_final = order.status in repo.FINAL
+            order.filled, order.fee = ex.filled, ex.fee
+            order.average_price = ex.average
+            status = status_of(ex)
+            if status != order.status:
+                order.status = status
+                if ex.reason:  # why the exchange expired or cancelled it, when it says
+                    order.reason = ex.reason
+                events.append(
+                    event(
+                        status_kind(status),
+                        SERVICE,
+                        order.client_order_id,
+                        filled=str(ex.filled),
+                        exchange_order_id=ex.id,
+                        **({"reason": ex.reason} if ex.reason else {}),
+                    )
+                )
+            armable = order.role == "entry" and order.filled > 0
+            if armable and status in repo.FINAL and not was_final:
+                if pos is None:
+                    pos = await repo.lock_position(connection, order.exchange, order.symbol)
+                    held = repo.held_state(pos)
+                _arm_position(order, pos)
+        if pos is not None and repo.held_state(pos) != held:
+            await repo.save_position(connection, pos)
+        if repo.recorded(order) != before:
+            await repo.save_recorded(connection, order)
+        await outbox.record_on(connection, SERVICE, events)
         return order
 
     async def _record_together(self, order: Order, ex: ExchangeOrder) -> Order:
@@ -590,22 +603,26 @@ class OrderService:
         answer that cannot be recorded does not hold back the others (unless the database
         is out of reach: then none can be, and the reconciler records them later)."""
         try:
-            rows = await self.db(self.record_all, [(i, e) for i, e, _ in batch])
+            rows = await self.record_all([(i, e) for i, e, _ in batch])
         except Exception as exc:
-            if len(batch) == 1 or is_outage(exc.__cause__):
+            if len(batch) == 1 or isinstance(exc, ServiceUnavailable):
                 for _, _, waiting in batch:
                     _fail_recording(waiting, exc)
                 return
             for order_id, ex, waiting in batch:
                 try:
-                    waiting.set_result(await self.db(self.record, order_id, ex))
+                    waiting.set_result(await self.record(order_id, ex))
                 except Exception as one:
                     _fail_recording(waiting, one)
             return
         for (_, _, waiting), row in zip(batch, rows, strict=True):
             waiting.set_result(row)
 
-    def _record_trade(self, session: Session, order: Order, pos: Position, trade: Any) -> None:
+    async def _record_trade(
+        self, connection: asyncpg.Connection, order: Order, pos: Position, trade: Any
+    ) -> list[AuditEventIn]:
+        """Record one trade of `order` into its fills and `pos`; the fill's audit event
+        (none when the trade was recorded before)."""
         base, quote = order.symbol.split("/")
         fee = Decimal(trade.fee)
         # A fee taken in the coin leaves the account fewer coins: the position follows.
@@ -626,8 +643,8 @@ class OrderService:
             fee_quote,
         )
         filled_at = datetime.fromtimestamp(trade.timestamp / 1000, UTC)
-        inserted = repo.add_fill(
-            session,
+        inserted = await repo.add_fill(
+            connection,
             {
                 "order_id": order.id,
                 "exchange": order.exchange,
@@ -643,7 +660,7 @@ class OrderService:
             },
         )
         if not inserted:
-            return
+            return []
         pos.amount, pos.entry_price, pos.realized_pnl = (
             state.amount,
             state.entry_price,
@@ -651,7 +668,7 @@ class OrderService:
         )
         if pos.amount == 0:
             pos.stop_loss = pos.take_profit = pos.trailing_stop_pct = pos.trail_extreme = None
-        event = FillEvent(
+        fill = FillEvent(
             fill_id=f"{order.exchange}:{trade.id}",
             client_order_id=order.client_order_id,
             exchange=order.exchange,
@@ -663,9 +680,9 @@ class OrderService:
             fee_currency=trade.fee_currency,
             filled_at=filled_at,
         )
-        audit(
-            session, "order.filled", SERVICE, order.client_order_id, **event.model_dump(mode="json")
-        )
+        return [
+            event("order.filled", SERVICE, order.client_order_id, **fill.model_dump(mode="json"))
+        ]
 
     # --- portfolio -----------------------------------------------------------------------------
     async def portfolio(self, exchange: str) -> tuple[PortfolioView, dict[str, list[RestingOrder]]]:
@@ -675,7 +692,7 @@ class OrderService:
         on_their_way = [w for w in self.approved.values() if w.open.exchange == exchange]
         balances = await adapter.fetch_balance()
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        rows, realized, live = await self.db(self._book, exchange, today)
+        rows, realized, live = await self._book(exchange, today)
         views = []
         for row in rows:
             mark, _ = await self._mark(exchange, row.symbol)
@@ -722,17 +739,20 @@ class OrderService:
                 )
         return view, resting
 
-    def _book(self, exchange: str, since: datetime) -> tuple[list[Any], Decimal, list[Order]]:
-        """Positions, today's realized PnL and our open orders, in one session."""
-        with self.sessions() as session:
-            rows = list(repo.positions(session, exchange))
-            realized = repo.realized_since(session, since)
-            live = list(repo.live(session, exchange, with_unknown=True))
+    async def _book(
+        self, exchange: str, since: datetime
+    ) -> tuple[list[Position], Decimal, list[Order]]:
+        """Positions, today's realized PnL and our open orders, on one connection."""
+        async with self.loop_db.connection() as connection:
+            rows = await repo.positions(connection, exchange)
+            realized = await repo.realized_since(connection, since)
+            live = await repo.live(connection, exchange, with_unknown=True)
         return rows, realized, live
 
-    def _positions(self, exchange: str) -> list[Any]:
-        with self.sessions() as session:
-            return list(repo.positions(session, exchange))
+    async def positions(self, exchange: str) -> list[Position]:
+        """The exchange's positions that hold something, by symbol."""
+        async with self.loop_db.connection() as connection:
+            return await repo.positions(connection, exchange)
 
     async def halt(self, reason: str) -> None:
         try:
@@ -835,6 +855,10 @@ def _order_data(order: Order) -> dict[str, Any]:
         "role": order.role,
         "requested_by": order.requested_by,
     }
+
+
+def _requested(order: Order, actor: str) -> AuditEventIn:
+    return event("order.requested", actor, order.client_order_id, **_order_data(order))
 
 
 def _same_request(existing: Order, req: OrderRequest) -> Order:

@@ -90,7 +90,7 @@ class Reconciler:
         except OrderNotFound:
             ex = None
         if ex is not None:
-            await self.orders.db(self.orders.record, order.id, ex)
+            await self.orders.record(order.id, ex)
         elif order.status in repo.UNSETTLED and (startup or age >= self.unknown_grace):
             await self.orders.db(
                 self.orders._finish,
@@ -110,7 +110,7 @@ class Reconciler:
         Stop-loss and take-profit resting on the exchange (brackets.py) are the
         exchange's to fire; the trailing stop is always watched here."""
         for exchange in self.orders.exchanges.adapters:
-            rows = await self.orders.db(self._armed, exchange)
+            rows = await self._armed(exchange)
             protected = await self.brackets.protected(exchange) if rows else set()
             for pos in rows:
                 try:
@@ -145,13 +145,12 @@ class Reconciler:
             if pos.amount != 0:
                 pos.stop_loss, pos.take_profit, pos.trailing_stop_pct, pos.trail_extreme = legs
 
-    def _armed(self, exchange: str) -> list[Position]:
-        with self.orders.sessions() as session:
-            return [
-                p
-                for p in repo.positions(session, exchange)
-                if p.stop_loss or p.take_profit or p.trailing_stop_pct
-            ]
+    async def _armed(self, exchange: str) -> list[Position]:
+        return [
+            p
+            for p in await self.orders.positions(exchange)
+            if p.stop_loss or p.take_profit or p.trailing_stop_pct
+        ]
 
     def _trail_and_test(
         self, exchange: str, symbol: str, mark: Decimal, trailing_only: bool
@@ -190,7 +189,7 @@ class Reconciler:
         closed: list[Order] = []
         errors: list[str] = []
         async with self.close_lock:
-            for pos in await self.orders.db(self.orders._positions, exchange):
+            for pos in await self.orders.positions(exchange):
                 if symbol is not None and pos.symbol != symbol:
                     continue
                 try:
@@ -226,7 +225,7 @@ class Reconciler:
             "requested_by": SERVICE,
             "reason": reason,
         }
-        order = await self.orders.db(self.orders._claim, values, SERVICE)
+        order = await self.orders._claim(values, SERVICE)
         if order is None:
             raise VolexError(f"close order id {values['client_order_id']} already used")
         return await self.orders.send(order)
@@ -239,7 +238,7 @@ class Reconciler:
         self, exchange: str | None, symbol: str | None = None
     ) -> tuple[list[Order], list[str]]:
         cancelled, errors = [], []
-        for order in await self.orders.db(self._live, exchange):
+        for order in await self._live(exchange):
             if symbol is not None and order.symbol != symbol:
                 continue
             try:
@@ -248,9 +247,9 @@ class Reconciler:
                 errors.append(f"order {order.id}: {exc}")
         return cancelled, errors
 
-    def _live(self, exchange: str | None) -> list[Order]:
-        with self.orders.sessions() as session:
-            return list(repo.live(session, exchange))
+    async def _live(self, exchange: str | None) -> list[Order]:
+        async with self.orders.loop_db.connection() as connection:
+            return await repo.live(connection, exchange)
 
     async def apply(self, command: ApplyTradingState) -> ApplyTradingStateResult:
         """Take the new trading state. HALTED: close the gate first (nothing new leaves,
