@@ -265,6 +265,7 @@ class LoopDatabase:
             command_timeout=5,
             server_settings=self.settings,
             init=_json_codecs,
+            reset=_nothing_to_reset,
         )
 
     async def close(self) -> None:
@@ -324,6 +325,14 @@ def loop_database_error(exc: BaseException) -> VolexError:
         return Conflict(f"conflicts with stored data: {str(exc).splitlines()[0][:200]}")
     log.error("database error", exc_info=exc)
     return VolexError("internal database error; see the service log")
+
+
+async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
+    """Our connections keep no session state (advisory locks are transaction-scoped; no
+    LISTEN, SET or cursors outside a transaction), so a released one is not reset: asyncpg's
+    default costs a round trip per release (`pg_advisory_unlock_all(); CLOSE ALL; ...`),
+    three per order on the order path. An open transaction is still rolled back: asyncpg
+    does that before calling this."""
 
 
 async def _json_codecs(connection: asyncpg.Connection) -> None:
