@@ -338,7 +338,7 @@ def test_loop_transaction_commits_the_block_or_nothing_and_maps_failures(stack: 
                 try:
                     async with db.transaction() as conn:
                         await conn.execute("INSERT INTO loop_tx_probe VALUES (3, 'lost')")
-                        await conn.execute(f"INSERT INTO loop_tx_probe VALUES {second}")
+                        await conn.execute(f"INSERT INTO loop_tx_probe VALUES {second}")  # noqa: S608
                 except VolexError as exc:
                     failures.append(exc)
             try:  # our own refusal half-way: the rows before it go too
