@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Body, Path, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Body, Depends, Path, Query, Request
 
 from agents.risk import kill_switch, service
 from agents.risk.schemas import (
@@ -35,8 +35,8 @@ from common.contracts import (
     TradingState,
     TradingStateView,
 )
-from common.db import SessionDep, in_transaction
-from common.errors import Problem
+from common.db import LoopDatabase, SessionDep, in_transaction
+from common.errors import Problem, ServiceUnavailable
 from common.service import KitDep
 
 router = APIRouter()
@@ -48,6 +48,17 @@ TOO_FEW: dict[int | str, dict[str, Any]] = {
 }
 Since = Annotated[datetime | None, Query(description="only snapshots taken at or after")]
 Until = Annotated[datetime | None, Query(description="only snapshots taken at or before")]
+
+
+async def get_loop_db(kit: KitDep) -> LoopDatabase:
+    if kit.loop_db is None:
+        raise ServiceUnavailable("this service has no database configured")
+    return kit.loop_db
+
+
+# What takes the trading-state lock runs on the event loop: a transaction of the loop
+# database, committed at the end of the `async with`, before the response.
+LoopDbDep = Annotated[LoopDatabase, Depends(get_loop_db)]
 
 
 # --- trading state -------------------------------------------------------------------------
@@ -90,13 +101,14 @@ async def resume(body: ReasonRequest, caller: CallerDep, kit: KitDep) -> StateCh
 @router.post("/checks/pre-trade", tags=["checks"])
 async def pre_trade(
     body: PreTradeRequest,
-    request: Request,
+    db: LoopDbDep,
     caller: CallerDep,
     kit: KitDep,
     background: BackgroundTasks,
 ) -> CheckDecision:
     """Approve or reject one order; every rule's result is in `checks`."""
-    outcome = await in_transaction(request, service.pre_trade, body, caller.name, kit.name)
+    async with db.transaction() as conn:
+        outcome = await service.pre_trade(conn, body, caller.name, kit.name)
     if outcome.halted is not None:
         background.add_task(kill_switch.propagate, kit, outcome.halted)
     return outcome.decisions[0]
@@ -105,16 +117,17 @@ async def pre_trade(
 @router.post("/checks/pre-trade/batch", tags=["checks"])
 async def pre_trade_batch(
     body: PreTradeBatch,
-    request: Request,
+    db: LoopDbDep,
     caller: CallerDep,
     kit: KitDep,
     background: BackgroundTasks,
 ) -> CheckDecisions:
     """Approve or reject orders in turn, each judged with the ones approved before it
     counted as resting orders (execution sends the orders that arrived together)."""
-    outcome = await in_transaction(
-        request, service.pre_trade_batch, body.portfolio, body.orders, caller.name, kit.name
-    )
+    async with db.transaction() as conn:
+        outcome = await service.pre_trade_batch(
+            conn, body.portfolio, body.orders, caller.name, kit.name
+        )
     if outcome.halted is not None:
         background.add_task(kill_switch.propagate, kit, outcome.halted)
     return CheckDecisions(decisions=outcome.decisions)
@@ -150,10 +163,11 @@ def position_size(body: Annotated[SizingRequest, Body()], session: SessionDep) -
 # --- portfolio -----------------------------------------------------------------------------
 @router.post("/portfolio/snapshots", tags=["portfolio"], status_code=201)
 async def post_snapshot(
-    body: SnapshotIn, request: Request, kit: KitDep, background: BackgroundTasks
+    body: SnapshotIn, db: LoopDbDep, kit: KitDep, background: BackgroundTasks
 ) -> SnapshotOut:
     """Record execution's portfolio; a drawdown past the limit HALTs trading."""
-    out, halted = await in_transaction(request, service.record_snapshot, body, kit.name)
+    async with db.transaction() as conn:
+        out, halted = await service.record_snapshot(conn, body, kit.name)
     if halted is not None:
         background.add_task(kill_switch.propagate, kit, halted)
     return out

@@ -12,9 +12,8 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
+import asyncpg
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from agents.risk import repository as repo
 from agents.risk.schemas import BroadcastOutcome, ExecutionOutcome, StateChange
@@ -23,6 +22,7 @@ from common.contracts import (
     TRADING_STATE_CHANNEL,
     ApplyTradingState,
     ApplyTradingStateResult,
+    AuditEventIn,
     TradingState,
     TradingStateView,
 )
@@ -53,8 +53,8 @@ def view_of(row: RiskTradingState) -> TradingStateView:
     )
 
 
-def persist_change(
-    session: Session,
+async def persist_change(
+    conn: asyncpg.Connection,
     target: TradingState,
     reason: str,
     actor: str,
@@ -63,18 +63,16 @@ def persist_change(
     auto: bool = False,
 ) -> tuple[TradingStateView, TradingState]:
     """Set the state in the caller's transaction, with history and audit; (new view, previous)."""
-    row = repo.lock_state(session)
-    previous = TradingState(row.state)
+    previous = await repo.lock_state(conn)
     flatten = flatten and target is TradingState.HALTED
-    repo.set_state(
-        session, row, state=target.value, reason=reason, changed_by=actor, flatten=flatten
+    changed_at = await repo.set_state(
+        conn, previous, target, reason=reason, changed_by=actor, flatten=flatten
     )
-    repo.enqueue_audit(
-        session,
-        AUDIT_KINDS[target],
-        actor,
-        "trading-state",
-        {
+    event = AuditEventIn(
+        kind=AUDIT_KINDS[target],
+        actor=actor,
+        subject="trading-state",
+        data={
             "previous_state": previous.value,
             "state": target.value,
             "reason": reason,
@@ -82,7 +80,11 @@ def persist_change(
             "automatic": auto,
         },
     )
-    return view_of(row), previous
+    await repo.enqueue_audit_on(conn, [event])
+    view = TradingStateView(
+        state=target, reason=reason, changed_by=actor, changed_at=changed_at, flatten=flatten
+    )
+    return view, previous
 
 
 async def broadcast(events: EventBus | None, view: TradingStateView) -> BroadcastOutcome:
@@ -136,24 +138,16 @@ async def propagate(kit: Kit, view: TradingStateView) -> tuple[BroadcastOutcome,
     return sent, applied
 
 
-def _persist_in_own_transaction(
-    kit: Kit, target: TradingState, reason: str, actor: str, flatten: bool
-) -> tuple[TradingStateView, TradingState]:
-    if kit.session_factory is None:
-        raise ServiceUnavailable("risk has no database configured")
-    with kit.session_factory.begin() as session:
-        return persist_change(session, target, reason, actor, flatten=flatten)
-
-
 async def change_state(
     kit: Kit, target: TradingState, reason: str, actor: str, *, flatten: bool = False
 ) -> StateChange:
     """Persist, broadcast, apply. Repeating a state is allowed: it updates the reason."""
+    if kit.loop_db is None:
+        raise ServiceUnavailable("risk has no database configured")
     try:
-        view, previous = await asyncio.to_thread(
-            _persist_in_own_transaction, kit, target, reason, actor, flatten
-        )
-    except SQLAlchemyError as exc:
+        async with kit.loop_db.transaction() as conn:
+            view, previous = await persist_change(conn, target, reason, actor, flatten=flatten)
+    except VolexError as exc:  # a database error as the transaction maps it (none other here)
         raise await _unpersisted(kit, target, reason, actor, flatten, exc) from exc
     sent, applied = await propagate(kit, view)
     return StateChange(state=view, previous_state=previous, broadcast=sent, execution=applied)
@@ -164,7 +158,7 @@ async def _unpersisted(
 ) -> ServiceUnavailable:
     """The database is down. A halt or reduce still reaches execution (stopping must not wait
     for the database); resuming does not. Either way the caller gets a 503 and must retry."""
-    cause = f"database unavailable ({exc.__class__.__name__})"
+    cause = f"database unavailable ({(exc.__cause__ or exc).__class__.__name__})"
     if target is TradingState.ACTIVE:
         return ServiceUnavailable(f"{target.value} not recorded: {cause}; nothing was changed")
     view = TradingStateView(

@@ -1,19 +1,23 @@
 """Risk's logic around the pure rules: limits, pre-trade decisions, snapshots, analytics.
 
-Everything here runs inside the request's session (SessionDep commits it before the
-response). A pre-trade check or a snapshot that finds the drawdown limit breached
-halts trading in that same transaction and returns the new state, which the
-endpoint broadcasts and sends to execution once the response has gone out:
-execution is usually the caller, waiting for our answer.
+Everything here runs inside the request's transaction, which the endpoint commits
+before the response: a session (SessionDep, in_transaction) or, for what takes the
+trading-state lock (pre-trade checks, snapshots), a connection on the event loop
+(`kit.loop_db`). A check or a snapshot that finds the drawdown limit breached halts
+trading in that same transaction and returns the new state, which the endpoint
+broadcasts and sends to execution once the response has gone out: execution is
+usually the caller, waiting for our answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
+import asyncpg
 from sqlalchemy.orm import Session
 
 from agents.risk import analytics, book, kill_switch, rules, sizing
@@ -36,6 +40,7 @@ from agents.risk.schemas import (
 )
 from common.auth import Caller
 from common.contracts import (
+    AuditEventIn,
     CheckDecision,
     CheckResult,
     PortfolioView,
@@ -45,7 +50,6 @@ from common.contracts import (
 )
 from common.contracts import TradingStateView as StateView
 from common.errors import Conflict, Forbidden, NotFound, Unprocessable
-from common.models.risk import RiskEquitySnapshot
 from common.money import quantize
 
 MAX_SERIES = 100_000
@@ -69,16 +73,8 @@ def state_history(session: Session, limit: int) -> list[StateHistoryEntry]:
     ]
 
 
-def _record_equity(session: Session, portfolio: PortfolioView) -> tuple[Decimal, datetime]:
-    """Remember the portfolio's equity against its account's peak (or the single peak of a
-    caller that names no account); the peak before and the database's clock."""
-    if portfolio.account is None:
-        return repo.record_equity(session, portfolio.equity)
-    return repo.record_account_equity(session, portfolio.account, portfolio.equity)
-
-
-def _halt_on_drawdown(
-    session: Session,
+async def _halt_on_drawdown(
+    conn: asyncpg.Connection,
     portfolio: PortfolioView,
     peak_before: Decimal,
     limits: Limits,
@@ -91,7 +87,7 @@ def _halt_on_drawdown(
         return None
     if portfolio.account is not None:
         reason = f"account {portfolio.account}: {reason}"
-    view, _ = kill_switch.persist_change(session, TradingState.HALTED, reason, actor, auto=True)
+    view, _ = await kill_switch.persist_change(conn, TradingState.HALTED, reason, actor, auto=True)
     return view
 
 
@@ -105,6 +101,14 @@ def current_limits(session: Session) -> LimitsView:
 
 def _limits_only(view: LimitsView) -> Limits:
     return Limits.model_validate(view.model_dump(include=set(Limits.model_fields)))
+
+
+def _limits_in(row: Mapping[str, Any] | None) -> Limits:
+    """`current_limits` for the loop path: the limits of a risk_limits row read with the
+    equity (repo.record_equity), the defaults when there is none."""
+    if row is None:
+        return Limits()
+    return Limits.model_validate({name: row[name] for name in Limits.model_fields})
 
 
 def change_limits(session: Session, body: Limits, caller: Caller) -> LimitsView:
@@ -138,13 +142,15 @@ class CheckOutcome:
     halted: StateView | None  # set when this check tripped the drawdown breaker
 
 
-def pre_trade(session: Session, req: PreTradeRequest, actor: str, service: str) -> CheckOutcome:
+async def pre_trade(
+    conn: asyncpg.Connection, req: PreTradeRequest, actor: str, service: str
+) -> CheckOutcome:
     """Decide on one order: a batch of one."""
-    return pre_trade_batch(session, req.portfolio, [req], actor, service)
+    return await pre_trade_batch(conn, req.portfolio, [req], actor, service)
 
 
-def pre_trade_batch(
-    session: Session,
+async def pre_trade_batch(
+    conn: asyncpg.Connection,
     portfolio: PortfolioView,
     orders: Sequence[PreTradeOrder],
     actor: str,
@@ -153,55 +159,70 @@ def pre_trade_batch(
     """Decide on `orders` in turn and store each decision; HALTs first if the drawdown is
     breached. Each order is judged with those approved before it counted as our resting
     orders: approved together, they cannot pass a limit that each passes alone."""
-    state_row = repo.lock_state(session)  # one check at a time; a halt waits for it
-    limits = _limits_only(current_limits(session))
-    # The clock is read after the lock is held (in the same statement as the equity).
-    peak_before, now = _record_equity(session, portfolio)
-    state = TradingState(state_row.state)
-    halted = _halt_on_drawdown(session, portfolio, peak_before, limits, state, service)
+    state = await repo.lock_state(conn)  # one check at a time; a halt waits for it
+    # The limits and the clock are read after the lock is held (with the equity).
+    seen = await repo.record_equity(conn, portfolio.account, portfolio.equity)
+    limits, now = _limits_in(seen.limits), seen.now
+    halted = await _halt_on_drawdown(conn, portfolio, seen.peak_before, limits, state, service)
     if halted is not None:
         state = halted.state
     # The rate rule's count, read once: other orders approved in the window, and those of
     # this batch approved there before (a re-check), then the batch's own approvals.
-    others, approved_ids = repo.approved_since(
-        session, now, rules.RATE_WINDOW_S, [o.client_order_id for o in orders]
+    others, approved_ids = await repo.approved_since(
+        conn, now, rules.RATE_WINDOW_S, [o.client_order_id for o in orders]
     )
-    decisions = []
+    # The duplicate rule's look-alikes, read once too; the batch's approvals join them.
+    recent = (
+        await repo.recent_approved(conn, now, limits.duplicate_window_s, like=orders)
+        if limits.duplicate_window_s
+        else []
+    )
+    decided: list[tuple[PreTradeRequest, bool, list[CheckResult]]] = []
     for order in orders:
         req = book.request(order, portfolio)
         context = rules.CheckContext(
             state=state,
-            peak_equity=peak_before,
-            # Only look-alikes for the duplicate rule (it sees the batch's earlier orders:
-            # their decisions are stored by then).
-            recent_approved=repo.recent_approved(session, now, limits.duplicate_window_s, like=req)
-            if limits.duplicate_window_s
-            else [],
+            peak_equity=seen.peak_before,
+            recent_approved=list(recent),
             approved_last_minute=others + len(approved_ids - {req.client_order_id}),
         )
         results = rules.evaluate(req, limits, context)
         approved = all(result.passed for result in results)
-        repo.insert_check(
-            session,
-            req,
-            checked_at=now,
-            approved=approved,
-            state=state.value,
-            checks=results,
-            requested_by=actor,
-        )
-        repo.enqueue_audit(
-            session,
-            "risk.checked",
-            actor,
-            req.client_order_id,
-            _check_audit(req, approved, state, results),
-        )
-        decisions.append(CheckDecision(approved=approved, checks=results, state=state))
+        decided.append((req, approved, results))
         if approved:
             portfolio = book.with_resting(portfolio, req)
             approved_ids.add(req.client_order_id)
+            if limits.duplicate_window_s:
+                recent.append(_just_approved(req))
+    await repo.insert_checks(conn, decided, checked_at=now, state=state, requested_by=actor)
+    await repo.enqueue_audit_on(
+        conn,
+        [
+            AuditEventIn(
+                kind="risk.checked",
+                actor=actor,
+                subject=req.client_order_id,
+                data=_check_audit(req, approved, state, results),
+            )
+            for req, approved, results in decided
+        ],
+    )
+    decisions = [CheckDecision(approved=a, checks=r, state=state) for _, a, r in decided]
     return CheckOutcome(decisions, halted)
+
+
+def _just_approved(req: PreTradeRequest) -> rules.RecentOrder:
+    """An order of this batch, approved, as the duplicate rule sees it for the next ones
+    (as it would see its stored decision: checked now)."""
+    return rules.RecentOrder(
+        client_order_id=req.client_order_id,
+        exchange=req.exchange,
+        symbol=req.symbol,
+        side=req.side.value,
+        amount=req.amount,
+        price=req.price,
+        age_s=0.0,
+    )
 
 
 def _check_audit(
@@ -235,14 +256,6 @@ def position_size(session: Session, request: SizingRequest) -> PositionSize:
 
 
 # --- equity peak and snapshots -------------------------------------------------------------
-def _peak_of(session: Session, account: str | None, unseen: Decimal) -> Decimal:
-    """The account's peak (the single peak for no account); `unseen` for a new account."""
-    if account is None:
-        return repo.get_peak(session).peak_equity
-    row = repo.account_peak(session, account)
-    return row.peak_equity if row is not None else unseen
-
-
 def reset_peak(session: Session, body: PeakResetRequest, caller: Caller) -> Drawdown:
     require_operator(caller, "reset the equity peak")
     if body.account is not None:
@@ -272,14 +285,13 @@ def reset_peak(session: Session, body: PeakResetRequest, caller: Caller) -> Draw
     return drawdown(session, None, None)
 
 
-def record_snapshot(
-    session: Session, snapshot: SnapshotIn, service: str
+async def record_snapshot(
+    conn: asyncpg.Connection, snapshot: SnapshotIn, service: str
 ) -> tuple[SnapshotOut, StateView | None]:
     """Store a snapshot. A current one (not older than the newest stored) also feeds the
     drawdown breaker; a backfilled one is history only."""
-    state_row = repo.lock_state(session)
-    latest = repo.latest_snapshot(session)
-    now = repo.db_now(session)
+    state = await repo.lock_state(conn)
+    latest, now = await repo.latest_snapshot_at(conn)
     taken_at = snapshot.taken_at or now
     if taken_at > now + MAX_CLOCK_SKEW:
         # A future snapshot would make every real one look like backfill to the breaker.
@@ -288,25 +300,25 @@ def record_snapshot(
         )
     positions = [p.model_dump(mode="json") for p in snapshot.positions]
     gross, net = analytics.gross_and_net(positions)
-    repo.insert_snapshot(
-        session,
-        RiskEquitySnapshot(
-            taken_at=taken_at,
-            equity=snapshot.equity,
-            cash=snapshot.cash,
-            realized_pnl_today=snapshot.realized_pnl_today,
-            gross_exposure=gross,
-            net_exposure=net,
-            positions=positions,
-        ),
+    await repo.insert_snapshot(
+        conn,
+        taken_at=taken_at,
+        equity=snapshot.equity,
+        cash=snapshot.cash,
+        realized_pnl_today=snapshot.realized_pnl_today,
+        gross_exposure=gross,
+        net_exposure=net,
+        positions=positions,
     )
-    state, halted = TradingState(state_row.state), None
-    if latest is None or taken_at >= latest.taken_at:
-        limits = _limits_only(current_limits(session))
-        peak_before, _ = _record_equity(session, snapshot)
-        halted = _halt_on_drawdown(session, snapshot, peak_before, limits, state, service)
+    halted = None
+    if latest is None or taken_at >= latest:
+        seen = await repo.record_equity(conn, snapshot.account, snapshot.equity)
+        limits = _limits_in(seen.limits)
+        halted = await _halt_on_drawdown(conn, snapshot, seen.peak_before, limits, state, service)
         state = halted.state if halted is not None else state
-    peak = _peak_of(session, snapshot.account, snapshot.equity)
+    # The account's peak (a new account's: this equity), raised to this equity if current.
+    peak = await repo.peak_of(conn, snapshot.account)
+    peak = peak if peak is not None else snapshot.equity
     _, fraction = book.drawdown(snapshot.equity, peak)
     out = SnapshotOut(
         taken_at=taken_at,

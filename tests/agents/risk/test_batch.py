@@ -70,6 +70,23 @@ def test_a_reduce_only_order_approved_before_does_not_grow_the_book(risk: Risk) 
     assert first["approved"] and second["approved"], (first, second)
 
 
+def test_the_duplicate_rule_sees_the_orders_approved_before_in_the_batch(risk: Risk) -> None:
+    """The same order under another id, later in the batch, duplicates an approved one
+    (and names it), not a rejected one (here: its stop was on the wrong side)."""
+    risk.ok(risk.put("/limits", {"duplicate_window_s": 5}))
+    first = risk.order()  # (an amount of its own: the tests before may have used 0.1)
+    copy = {**first, "client_order_id": "copy-" + first["client_order_id"][:20]}
+    wrong_stop = risk.order(stop_loss="50100")
+    right_stop = {**wrong_stop, "client_order_id": "fixed-" + wrong_stop["client_order_id"][:20]}
+    right_stop["stop_loss"] = "49900"
+    one, two, three, four = decisions(risk, [first, copy, wrong_stop, right_stop], {})
+    assert one["approved"] is True, one
+    assert failed(two) == {"duplicate_order"}
+    assert repr(first["client_order_id"]) in detail(two, "duplicate_order")
+    assert failed(three) == {"max_heat_pct"}
+    assert four["approved"] is True, four
+
+
 def _approved_last_minute(risk: Risk) -> int:
     """Orders approved in the rate rule's window, once none of them is about to leave it
     (one that ages out between this count and the test's checks would leave more room

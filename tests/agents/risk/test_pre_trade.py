@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from tests.agents.risk.conftest import Risk, detail, failed
 
@@ -269,6 +271,58 @@ def test_max_drawdown_breach_halts_trading(risk: Risk) -> None:
         assert event["data"]["automatic"] is True
     finally:
         risk.resume()
+
+
+def test_a_check_that_cannot_be_stored_whole_stores_nothing(risk: Risk) -> None:
+    """A check's decision, its equity and the halt it trips commit together or not at all:
+    here the database refuses the check's audit event, the last of its writes."""
+    account = f"acct{uuid.uuid4().hex[:8]}"
+    on = {"equity": "5000", "cash": "5000", "account": account}
+    approved(risk, risk.order(amount="0.00101", portfolio=on))
+    refuse = text(
+        "CREATE FUNCTION test_refuse_check_event() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        "BEGIN IF NEW.payload->>'subject' LIKE 'refused-%' "
+        "THEN RAISE EXCEPTION 'test: this event is refused'; END IF; RETURN NEW; END $$; "
+        "CREATE TRIGGER test_refuse_check_event BEFORE INSERT ON event_outbox "
+        "FOR EACH ROW EXECUTE FUNCTION test_refuse_check_event()"
+    )
+    refused = risk.order(
+        client_order_id=f"refused-{uuid.uuid4().hex}",
+        amount="0.00102",
+        portfolio={**on, "equity": "3500", "cash": "3500"},  # 30 % down: a halt
+    )
+    risk.execute(refuse)
+    try:
+        response = risk.post("/checks/pre-trade", refused, token=risk.service_token)
+    finally:
+        risk.execute(text("DROP TRIGGER IF EXISTS test_refuse_check_event ON event_outbox"))
+        risk.execute(text("DROP FUNCTION IF EXISTS test_refuse_check_event()"))
+        if risk.state()["state"] != "ACTIVE":
+            risk.resume()
+    assert response.status_code == 500, response.text
+    assert risk.get(f"/checks/{refused['client_order_id']}").status_code == 404
+    [line] = [a for a in risk.ok(risk.get("/drawdown"))["accounts"] if a["account"] == account]
+    assert Decimal(line["equity"]) == 5000  # the 3500 was not recorded
+    assert risk.state()["state"] == "ACTIVE"
+    assert not risk.rows(
+        "SELECT id FROM risk_trading_state_history WHERE reason LIKE :mine",
+        mine=f"account {account}:%",
+    )
+
+
+def test_a_check_without_the_database_is_a_503_and_the_next_one_passes(risk: Risk) -> None:
+    stack = risk.stack
+    approved(risk, risk.order())  # risk holds connections that the outage will break
+    stack.volex("stop", "postgres")
+    try:
+        response = risk.post("/checks/pre-trade", risk.order(), token=risk.service_token)
+        assert response.status_code == 503, response.text
+        assert "database unavailable" in response.json()["detail"]
+    finally:
+        stack.volex("start", "postgres")
+    # Generous: PostgreSQL restarts slowly on a busy machine.
+    stack.wait_for(lambda: stack.healthy("risk"), timeout=240, what="risk to recover")
+    approved(risk, risk.order())  # the same process, connected again
 
 
 def test_drawdown_within_the_limit_passes(risk: Risk) -> None:
