@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Response
 
 from agents.compliance import service
 from agents.compliance.schemas import (
@@ -20,8 +20,9 @@ from common.contracts import (
     PolicyBatch,
     PolicyRequest,
 )
-from common.db import SessionDep, in_transaction
-from common.errors import Problem
+from common.db import LoopDatabase, SessionDep
+from common.errors import Problem, ServiceUnavailable
+from common.service import KitDep
 
 router = APIRouter()
 MAX_BATCH = 500
@@ -33,6 +34,16 @@ INVALID: dict[int | str, dict[str, Any]] = {
 }
 
 
+async def get_loop_db(kit: KitDep) -> LoopDatabase:
+    if kit.loop_db is None:
+        raise ServiceUnavailable("this service has no database configured")
+    return kit.loop_db
+
+
+# Appends, policy checks and changes: transactions on the event loop (service.py says why).
+LoopDbDep = Annotated[LoopDatabase, Depends(get_loop_db)]
+
+
 @router.post(
     "/audit/events",
     response_model=AuditEventOut,
@@ -40,11 +51,9 @@ INVALID: dict[int | str, dict[str, Any]] = {
     tags=["audit"],
     responses={**FORBIDDEN, **INVALID},
 )
-async def post_audit_event(
-    body: AuditEventIn, caller: CallerDep, request: Request
-) -> AuditEventOut:
+async def post_audit_event(body: AuditEventIn, caller: CallerDep, db: LoopDbDep) -> AuditEventOut:
     """Append one event to the hash-chained audit log; the actor is the authenticated caller."""
-    return await in_transaction(request, service.record_event, body, caller)
+    return await service.record_event(db, body, caller)
 
 
 @router.post(
@@ -57,10 +66,10 @@ async def post_audit_event(
 async def post_audit_events(
     bodies: Annotated[list[AuditEventIn], Body(min_length=1, max_length=MAX_BATCH)],
     caller: CallerDep,
-    request: Request,
+    db: LoopDbDep,
 ) -> list[AuditEventOut]:
     """Append several events in order, in one transaction: all of them or none."""
-    return await in_transaction(request, service.record_events, bodies, caller)
+    return await service.record_events(db, bodies, caller)
 
 
 @router.get("/audit", response_model=AuditPage, tags=["audit"], responses=INVALID)
@@ -90,19 +99,18 @@ def verify_audit(session: SessionDep) -> ChainVerification:
 
 
 @router.post("/checks/policy", response_model=CheckDecision, tags=["policies"], responses=INVALID)
-async def check_policy(body: PolicyRequest, caller: CallerDep, request: Request) -> CheckDecision:
+async def check_policy(body: PolicyRequest, caller: CallerDep, db: LoopDbDep) -> CheckDecision:
     """Check one order against every policy rule; the decision is recorded and audited."""
-    return await in_transaction(request, service.check_policy, body, caller)
+    return await service.check_policy(db, body, caller)
 
 
 @router.post(
     "/checks/policy/batch", response_model=CheckDecisions, tags=["policies"], responses=INVALID
 )
-async def check_policies(body: PolicyBatch, caller: CallerDep, request: Request) -> CheckDecisions:
+async def check_policies(body: PolicyBatch, caller: CallerDep, db: LoopDbDep) -> CheckDecisions:
     """Check orders in turn, each seeing the limit orders approved before it as resting
     (execution sends the orders that arrived together); each decision recorded and audited."""
-    decisions = await in_transaction(request, service.check_policies, body.orders, caller)
-    return CheckDecisions(decisions=decisions)
+    return CheckDecisions(decisions=await service.check_policies(db, body.orders, caller))
 
 
 @router.get("/policies", response_model=PolicyView, tags=["policies"])
@@ -117,9 +125,9 @@ def get_policies(session: SessionDep) -> PolicyView:
     tags=["policies"],
     responses={**FORBIDDEN, **INVALID},
 )
-async def put_policies(body: PolicySet, caller: CallerDep, request: Request) -> PolicyView:
+async def put_policies(body: PolicySet, caller: CallerDep, db: LoopDbDep) -> PolicyView:
     """Replace the policy set (operator only); the change is audited with old and new."""
-    return await in_transaction(request, service.put_policies, body, caller)
+    return await service.put_policies(db, body, caller)
 
 
 @router.get(

@@ -1,6 +1,12 @@
 """Compliance logic: appending to and verifying the audit chain, checking and changing
-policies, building trade reports. Nothing here commits; the session dependency does, so a
-policy change and its audit row (or a decision and its audit row) land together or not at all.
+policies, building trade reports.
+
+Appends, policy checks and policy changes each run in one transaction on the event loop
+(`LoopDatabase.transaction`, asyncpg), committed when its block ends, so a policy change
+and its audit row (or a decision and its audit row) land together or not at all. The block
+opens here, after the input is checked: an invalid event is a 422, a service changing
+policies a 403, even while the database is away. Reads use the ORM session, which the
+session dependency commits.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
+import asyncpg
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
@@ -30,14 +37,13 @@ from common.auth import Caller
 from common.contracts import (
     AuditEventIn,
     CheckDecision,
-    CheckResult,
     FillEvent,
     OrderType,
     PolicyRequest,
     RestingOrder,
 )
+from common.db import LoopDatabase
 from common.errors import Forbidden, VolexError
-from common.models.compliance import AuditEvent, PolicyDecision
 
 MAX_DATA_BYTES = 256 * 1024
 MAX_KIND = 64  # the column's width; the contract's pattern sets no length
@@ -88,35 +94,36 @@ class NewEvent:
     event_id: str | None = None  # the sender's id: appended once per (actor, event_id)
 
 
-def append(
-    session: Session,
+async def append(
+    conn: asyncpg.Connection,
     *,
     kind: str,
     actor: str,
     data: dict[str, Any],
     subject: str | None = None,
     on_behalf_of: str | None = None,
-) -> AuditEvent:
+) -> AuditEventOut:
     """Add one row to the chain."""
     _check_data(data)
-    [event] = append_all(session, [NewEvent(kind, actor, data, subject, on_behalf_of)])
+    [event] = await append_all(conn, [NewEvent(kind, actor, data, subject, on_behalf_of)])
     return event
 
 
-def append_all(session: Session, new: list[NewEvent]) -> list[AuditEvent]:
+async def append_all(conn: asyncpg.Connection, new: list[NewEvent]) -> list[AuditEventOut]:
     """Add rows to the chain in the given order (their data already checked). Appends are
     serialized by a transaction-scoped lock, so the first row links to the one committed
     before it; the rows of one call share the lock, the time and one INSERT. An event whose
     sender's `event_id` was seen before (from the same actor) is not appended again: its
     place in the answer holds the row it became the first time."""
-    row_ids, at = repo.lock_chain_and_next_ids(session, len(new))
+    if not new:
+        return []
+    row_ids, at = await repo.lock_chain_and_next_ids(conn, len(new))
     # Under the chain lock: no other append can record the same receipt meanwhile.
-    seen = repo.receipts(session, [(item.actor, item.event_id) for item in new if item.event_id])
-    head = repo.chain_head(session)
+    keys = [(item.actor, item.event_id) for item in new if item.event_id]
+    prev_hash, seen = await repo.head_and_receipts(conn, keys)
     at = at.astimezone(UTC)
-    prev_hash = head.last_hash
-    answer: list[AuditEvent] = []
-    events: list[AuditEvent] = []
+    answer: list[AuditEventOut] = []
+    events: list[AuditEventOut] = []
     receipts: list[tuple[str, str, int]] = []
     free_ids = iter(row_ids)  # ids a resent event does not use are left as gaps
     for item in new:
@@ -134,7 +141,7 @@ def append_all(session: Session, new: list[NewEvent]) -> list[AuditEvent]:
             "data": item.data,
         }
         row_hash = link_hash(prev_hash, canonical_content(**fields))
-        event = AuditEvent(**fields, prev_hash=prev_hash, hash=row_hash)
+        event = AuditEventOut(**fields, prev_hash=prev_hash, hash=row_hash)
         events.append(event)
         answer.append(event)
         prev_hash = row_hash
@@ -142,9 +149,7 @@ def append_all(session: Session, new: list[NewEvent]) -> list[AuditEvent]:
             seen[key] = event
             receipts.append((*key, event.id))
     if events:
-        repo.append_audit_events(session, events, head)
-    if receipts:
-        repo.add_receipts(session, receipts)
+        await repo.append_audit_events(conn, events, receipts)
     return answer
 
 
@@ -169,14 +174,16 @@ def _incoming(body: AuditEventIn, caller: Caller) -> NewEvent:
     )
 
 
-def record_event(session: Session, body: AuditEventIn, caller: Caller) -> AuditEventOut:
+async def record_event(db: LoopDatabase, body: AuditEventIn, caller: Caller) -> AuditEventOut:
     """Store an event posted by another agent or the operator."""
-    [event] = append_all(session, [_incoming(body, caller)])
-    return AuditEventOut.model_validate(event, from_attributes=True)
+    new = _incoming(body, caller)
+    async with db.transaction() as conn:
+        [event] = await append_all(conn, [new])
+    return event
 
 
-def record_events(
-    session: Session, bodies: list[AuditEventIn], caller: Caller
+async def record_events(
+    db: LoopDatabase, bodies: list[AuditEventIn], caller: Caller
 ) -> list[AuditEventOut]:
     """Store several events in one transaction, in order: all of them or none."""
     new = []
@@ -187,10 +194,8 @@ def record_events(
             raise RequestValidationError(
                 [{**err, "loc": ("body", index, *err["loc"][1:])} for err in exc.errors()]
             ) from exc
-    return [
-        AuditEventOut.model_validate(event, from_attributes=True)
-        for event in append_all(session, new)
-    ]
+    async with db.transaction() as conn:
+        return await append_all(conn, new)
 
 
 def list_events(
@@ -269,50 +274,75 @@ def verify_chain(session: Session) -> ChainVerification:
 # --- policies --------------------------------------------------------------------------------
 
 
-def _policy_set(row: Any) -> PolicySet:
-    return PolicySet.model_validate(row, from_attributes=True)
+def _policy_set(values: dict[str, Any]) -> PolicySet:
+    return PolicySet.model_validate(values)
 
 
 def get_policies(session: Session) -> PolicyView:
     return PolicyView.model_validate(repo.get_policy(session), from_attributes=True)
 
 
-def put_policies(session: Session, new: PolicySet, caller: Caller) -> PolicyView:
+async def put_policies(db: LoopDatabase, new: PolicySet, caller: Caller) -> PolicyView:
     """Replace the policy set (operator only) and audit the change with old and new."""
     if caller.kind != "operator":
         raise Forbidden(f"only the operator may change policies, not service {caller.name}")
-    repo.lock(session, repo.POLICY_LOCK)
-    row = repo.get_policy(session)
-    old = _policy_set(row).model_dump(mode="json")
     values = new.model_dump(mode="json")
-    repo.save_policy(session, row, values, caller.name)
-    append(
-        session,
-        kind="policy.changed",
-        actor=caller.name,
-        subject=f"policies v{row.version}",
-        data={"old": old, "new": values, "version": row.version},
-    )
-    return PolicyView.model_validate(row, from_attributes=True)
+    async with db.transaction() as conn:
+        await repo.lock(conn, repo.POLICY_LOCK)
+        old = _policy_set(await repo.policy_values(conn)).model_dump(mode="json")
+        saved = PolicyView.model_validate(await repo.save_policy(conn, values, caller.name))
+        await append(
+            conn,
+            kind="policy.changed",
+            actor=caller.name,
+            subject=f"policies v{saved.version}",
+            data={"old": old, "new": values, "version": saved.version},
+        )
+    return saved
 
 
-def check_policy(session: Session, order: PolicyRequest, caller: Caller) -> CheckDecision:
+async def check_policy(db: LoopDatabase, order: PolicyRequest, caller: Caller) -> CheckDecision:
     """Run every rule on one order, record the decision and audit it with the rules."""
-    [decision] = check_policies(session, [order], caller)
+    [decision] = await check_policies(db, [order], caller)
     return decision
 
 
-def check_policies(
-    session: Session, orders: list[PolicyRequest], caller: Caller
+async def check_policies(
+    db: LoopDatabase, orders: list[PolicyRequest], caller: Caller
 ) -> list[CheckDecision]:
-    """Run every rule on each order in turn; record each decision and audit it with the
-    rules. A limit order approved earlier in the batch rests among our orders for the
-    ones after it (the wash-trade rule), and each approval counts for the daily limit."""
-    now = repo.lock_at(session, repo.POLICY_LOCK).astimezone(UTC)
-    row = repo.get_policy(session)
-    policy = _policy_set(row)
-    judged: list[tuple[PolicyRequest, list[CheckResult], CheckDecision]] = []
+    """Run every rule on each order in turn (`_judge`); record each decision and audit it
+    with the rules."""
+    async with db.transaction() as conn:
+        now = (await repo.lock_at(conn, repo.POLICY_LOCK)).astimezone(UTC)
+        state = await repo.policy_state(conn, now.date(), [o.client_order_id for o in orders])
+        judged, newly_approved = _judge(state, orders, now)
+        new = []
+        for order, decision in judged:
+            data = {
+                "approved": decision.approved,
+                "checks": [c.model_dump(mode="json") for c in decision.checks],
+                "order": order.model_dump(mode="json"),
+                "policy_version": state.version,
+            }
+            _check_data(data)
+            new.append(NewEvent("policy.checked", caller.name, data, order.client_order_id))
+        events = await append_all(conn, new)
+        recorded = [(o, d, e.id) for (o, d), e in zip(judged, events, strict=True)]
+        await repo.record_decisions(conn, now, caller.name, recorded, newly_approved)
+    return [decision for _, decision in judged]
+
+
+def _judge(
+    state: repo.PolicyState, orders: list[PolicyRequest], now: datetime
+) -> tuple[list[tuple[PolicyRequest, CheckDecision]], list[str]]:
+    """Each order as judged, and the client order ids approved for the first time today.
+    A limit order approved earlier in the batch rests among our orders for the ones after
+    it (the wash-trade rule), and each approval counts for the daily limit."""
+    policy = _policy_set(state.policy)
+    judged: list[tuple[PolicyRequest, CheckDecision]] = []
     resting: list[PolicyRequest] = []  # approved limit orders of this batch
+    counted = set(state.counted)
+    newly_approved: list[str] = []
     for order in orders:
         earlier = [
             RestingOrder(side=o.side, price=o.price, amount=o.amount)
@@ -321,45 +351,18 @@ def check_policies(
         ]
         if earlier:
             order = order.model_copy(update={"resting_orders": [*order.resting_orders, *earlier]})
-        count, counted = repo.approved_today(session, now.date(), order.client_order_id)
-        checks = rules.evaluate(policy, order, now, rules.OrderCount(count, counted))
+        count = rules.OrderCount(
+            state.approved_today + len(newly_approved), order.client_order_id in counted
+        )
+        checks = rules.evaluate(policy, order, now, count)
         decision = CheckDecision(approved=all(c.passed for c in checks), checks=checks)
-        if decision.approved and not counted:
-            repo.count_approval(session, now.date(), order.client_order_id)
+        if decision.approved and not count.this_order_counted:
+            counted.add(order.client_order_id)
+            newly_approved.append(order.client_order_id)
         if decision.approved and order.type is OrderType.limit:
             resting.append(order)
-        judged.append((order, checks, decision))
-    new = []
-    for order, checks, decision in judged:
-        data = {
-            "approved": decision.approved,
-            "checks": [c.model_dump(mode="json") for c in checks],
-            "order": order.model_dump(mode="json"),
-            "policy_version": row.version,
-        }
-        _check_data(data)
-        new.append(NewEvent("policy.checked", caller.name, data, order.client_order_id))
-    events = append_all(session, new)
-    for (order, checks, decision), event in zip(judged, events, strict=True):
-        repo.add_decision(
-            session,
-            PolicyDecision(
-                at=now,
-                client_order_id=order.client_order_id,
-                exchange=order.exchange,
-                symbol=order.symbol,
-                side=order.side.value,
-                type=order.type.value,
-                amount=order.amount,
-                price=order.price,
-                approved=decision.approved,
-                checks=[c.model_dump(mode="json") for c in checks],
-                requested_by=order.requested_by,
-                caller=caller.name,
-                audit_id=event.id,
-            ),
-        )
-    return [decision for _, _, decision in judged]
+        judged.append((order, decision))
+    return judged, newly_approved
 
 
 # --- reports ---------------------------------------------------------------------------------

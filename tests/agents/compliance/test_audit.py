@@ -15,9 +15,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
+from agents.compliance.chain import canonical_content, link_hash
+from agents.compliance.repository import AUDIT_CHAIN_LOCK
+from common.models.compliance import AUDIT_ID_SEQUENCE, AuditChainHead, AuditEvent
 from tests.agents.compliance.conftest import call, service_token, unique
 from tests.conftest import Stack
 
@@ -352,3 +356,48 @@ def test_concurrent_appends_keep_the_chain_linear(stack: Stack) -> None:
     assert sorted(row["n"] for row in (s["data"] for s in stored)) == list(range(20))
     result = verify(stack)
     assert result["ok"] is True, result
+
+
+def _append_through_the_orm(engine: Engine, subject: str, data: dict[str, Any]) -> int:
+    """A row written as compliance wrote them until its appends moved to asyncpg: the ORM
+    over psycopg2, `data` encoded by SQLAlchemy. Every database from then holds such rows."""
+    with Session(engine) as session, session.begin():
+        session.execute(select(func.pg_advisory_xact_lock(AUDIT_CHAIN_LOCK)))
+        row_id, at = session.execute(
+            select(AUDIT_ID_SEQUENCE.next_value(), func.clock_timestamp())
+        ).one()
+        head = session.get(AuditChainHead, 1)
+        assert head is not None
+        fields: dict[str, Any] = {
+            "id": row_id,
+            "at": at.astimezone(UTC),
+            "kind": "test.event",
+            "actor": "operator",
+            "on_behalf_of": None,
+            "subject": subject,
+            "data": data,
+        }
+        row_hash = link_hash(head.last_hash, canonical_content(**fields))
+        session.add(AuditEvent(**fields, prev_hash=head.last_hash, hash=row_hash))
+        head.last_id, head.last_hash = row_id, row_hash
+    return int(row_id)
+
+
+def test_rows_from_the_orm_and_from_the_event_loop_make_one_chain(
+    stack: Stack, engine: Engine
+) -> None:
+    """Appends run on asyncpg now; the chain they extend was written by the ORM. Each
+    continues the other, and the same event is stored as the same text either way."""
+    subject = unique("mixed-")
+    data = {"z": [1, 2.5, -0.0, 1e300], "é": "\u2028 ok", "none": None, "n": {"b": 1, "a": 2}}
+    first = append(stack, subject=subject, data=data)["id"]
+    before = _append_through_the_orm(engine, subject, data)
+    after = append(stack, subject=subject, data=data)["id"]
+    stored = [_row(engine, row_id) for row_id in (first, before, after)]
+    assert len({row["data"] for row in stored}) == 1, [row["data"] for row in stored]
+    assert [r["id"] for r in audit(stack, subject=subject, order="asc")["items"]] == [
+        first,
+        before,
+        after,
+    ]
+    assert verify(stack)["ok"] is True

@@ -359,7 +359,7 @@ def test_a_policy_put_must_name_every_field(stack: Stack, set_policy: SetPolicy)
 def test_more_concurrent_checks_than_threads_are_all_answered(stack: Stack) -> None:
     """Policy checks queue on one lock. 70 at once (more than the service's worker threads
     and database connections) must all be answered: a check that owns the lock commits
-    in the thread it already holds, so it never waits for one the queue has taken."""
+    on the connection it already holds, so it never waits for one the queue has taken."""
     import asyncio
 
     import httpx

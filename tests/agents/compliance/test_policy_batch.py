@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from tests.agents.compliance.conftest import call, order, rule, service_token
 from tests.agents.compliance.test_policies import _approved_today
@@ -118,3 +118,51 @@ def test_a_bad_batch_is_422_saying_why_and_records_nothing(
     assert says in response.text
     for body in orders[:3]:
         assert policy_events(stack, body["client_order_id"]) == []
+
+
+REFUSE_DECISIONS = """
+CREATE FUNCTION test_refuse_decision() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.requested_by = 'refuse-my-decision' THEN RAISE EXCEPTION 'refused by the test'; END IF;
+    RETURN NEW;
+END
+$$
+"""
+
+
+def test_a_check_that_fails_half_way_leaves_nothing_behind(
+    stack: Stack, set_policy: SetPolicy, engine: Engine
+) -> None:
+    """The decisions are written last, after the audit rows and with the day's count: when
+    the database refuses one, the whole batch is undone (a 500) and can be asked again."""
+    set_policy()
+    orders = [order(), order(requested_by="refuse-my-decision")]
+    ids = [body["client_order_id"] for body in orders]
+    with engine.begin() as conn:
+        conn.execute(text(REFUSE_DECISIONS))
+        conn.execute(
+            text(
+                "CREATE TRIGGER test_refuse_decision BEFORE INSERT ON policy_decisions"
+                " FOR EACH ROW EXECUTE FUNCTION test_refuse_decision()"
+            )
+        )
+    try:
+        response = batch(stack, orders)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER test_refuse_decision ON policy_decisions"))
+            conn.execute(text("DROP FUNCTION test_refuse_decision()"))
+    assert response.status_code == 500, response.text
+    for client_order_id in ids:
+        assert policy_events(stack, client_order_id) == []
+    with engine.connect() as conn:
+        decided, counted = conn.execute(
+            text(
+                "SELECT (SELECT count(*) FROM policy_decisions WHERE client_order_id = ANY(:ids)),"
+                " (SELECT count(*) FROM policy_day_orders WHERE client_order_id = ANY(:ids))"
+            ),
+            {"ids": ids},
+        ).one()
+    assert (decided, counted) == (0, 0)
+    assert call(stack, "GET", "/audit/verify").json()["ok"] is True
+    assert [d["approved"] for d in decisions(stack, orders)] == [True, True]
