@@ -109,6 +109,12 @@ async def get_kit(request: Request) -> Kit:
 KitDep = Annotated[Kit, Depends(get_kit)]
 
 
+async def get_loop_db(kit: KitDep) -> LoopDatabase:
+    if kit.loop_db is None:
+        raise ServiceUnavailable("this service has no database configured")
+    return kit.loop_db
+
+
 async def get_vault(kit: KitDep) -> VaultClient:
     if kit.vault is None:
         raise ServiceUnavailable("this service has no Vault client")
@@ -127,6 +133,9 @@ async def get_events(kit: KitDep) -> EventBus:
     return kit.events
 
 
+# The hot paths' database: `async with db.transaction() as connection:` on the event loop,
+# committed when the block ends, before the response (common.db.LoopDatabase).
+LoopDbDep = Annotated[LoopDatabase, Depends(get_loop_db)]
 VaultDep = Annotated[VaultClient, Depends(get_vault)]
 AgentsDep = Annotated[Agents, Depends(get_agents)]
 EventsDep = Annotated[EventBus, Depends(get_events)]

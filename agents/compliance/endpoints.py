@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Query, Response
 
 from agents.compliance import service
 from agents.compliance.schemas import (
@@ -20,9 +20,9 @@ from common.contracts import (
     PolicyBatch,
     PolicyRequest,
 )
-from common.db import LoopDatabase, SessionDep
-from common.errors import Problem, ServiceUnavailable
-from common.service import KitDep
+from common.db import SessionDep
+from common.errors import Problem
+from common.service import LoopDbDep
 
 router = APIRouter()
 MAX_BATCH = 500
@@ -32,16 +32,6 @@ FORBIDDEN: dict[int | str, dict[str, Any]] = {
 INVALID: dict[int | str, dict[str, Any]] = {
     422: {"model": Problem, "description": "Invalid input; `errors` names each field"}
 }
-
-
-async def get_loop_db(kit: KitDep) -> LoopDatabase:
-    if kit.loop_db is None:
-        raise ServiceUnavailable("this service has no database configured")
-    return kit.loop_db
-
-
-# Appends, policy checks and changes: transactions on the event loop (service.py says why).
-LoopDbDep = Annotated[LoopDatabase, Depends(get_loop_db)]
 
 
 @router.post(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Body, Path, Query, Request
 
 from agents.risk import kill_switch, service
 from agents.risk.schemas import (
@@ -35,9 +35,9 @@ from common.contracts import (
     TradingState,
     TradingStateView,
 )
-from common.db import LoopDatabase, SessionDep, in_transaction
-from common.errors import Problem, ServiceUnavailable
-from common.service import KitDep
+from common.db import SessionDep, in_transaction
+from common.errors import Problem
+from common.service import KitDep, LoopDbDep
 
 router = APIRouter()
 FORBIDDEN: dict[int | str, dict[str, Any]] = {
@@ -48,17 +48,6 @@ TOO_FEW: dict[int | str, dict[str, Any]] = {
 }
 Since = Annotated[datetime | None, Query(description="only snapshots taken at or after")]
 Until = Annotated[datetime | None, Query(description="only snapshots taken at or before")]
-
-
-async def get_loop_db(kit: KitDep) -> LoopDatabase:
-    if kit.loop_db is None:
-        raise ServiceUnavailable("this service has no database configured")
-    return kit.loop_db
-
-
-# What takes the trading-state lock runs on the event loop: a transaction of the loop
-# database, committed at the end of the `async with`, before the response.
-LoopDbDep = Annotated[LoopDatabase, Depends(get_loop_db)]
 
 
 # --- trading state -------------------------------------------------------------------------
