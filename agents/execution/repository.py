@@ -9,7 +9,7 @@ from. The other statements (the reconciler's reads, brackets, the endpoints) use
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -37,37 +37,27 @@ def _position(row: asyncpg.Record) -> Position:
     return Position(**dict(row))
 
 
-def _insert(table: str, names: list[str], conflict: str, returning: str) -> str:
-    columns = ", ".join(names)
-    params = ", ".join(f"${i}" for i in range(1, len(names) + 1))
-    return (
-        f"INSERT INTO {table} ({columns}) VALUES ({params})"  # noqa: S608 (our own names)
-        f" ON CONFLICT ({conflict}) DO NOTHING RETURNING {returning}"
-    )
-
-
 async def claim(connection: asyncpg.Connection, values: dict[str, Any]) -> Order | None:
     """Insert a pending order; None if its client order id is already taken. One
     statement: the row comes back with the insert."""
     row = {**values, "status": "pending", "filled": Decimal(0), "fee": Decimal(0)}
+    columns = ", ".join(row)
+    params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
     found = await connection.fetchrow(
-        _insert("orders", list(row), "client_order_id", "*"), *row.values()
+        f"INSERT INTO orders ({columns}) VALUES ({params})"  # noqa: S608 (our own names)
+        " ON CONFLICT (client_order_id) DO NOTHING RETURNING *",
+        *row.values(),
     )
     return None if found is None else _order(found)
 
 
-async def lock_order(connection: asyncpg.Connection, order_id: int) -> Order:
-    row = await connection.fetchrow("SELECT * FROM orders WHERE id = $1 FOR UPDATE", order_id)
-    assert row is not None, f"order {order_id} vanished"
-    return _order(row)
-
-
-async def lock_orders(connection: asyncpg.Connection, order_ids: Sequence[int]) -> None:
-    """Lock these order rows, in id order."""
-    await connection.execute(
-        "SELECT id FROM orders WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+async def lock_orders(connection: asyncpg.Connection, order_ids: Sequence[int]) -> dict[int, Order]:
+    """These order rows, locked in id order, by id."""
+    rows = await connection.fetch(
+        "SELECT * FROM orders WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
         list(order_ids),
     )
+    return {row["id"]: _order(row) for row in rows}
 
 
 _RECORDED = ("exchange_order_id", "filled", "fee", "average_price", "status", "reason")
@@ -78,13 +68,15 @@ def recorded(order: Order) -> tuple[Any, ...]:
     return tuple(getattr(order, name) for name in _RECORDED)
 
 
-async def save_recorded(connection: asyncpg.Connection, order: Order) -> None:
-    order.updated_at = await connection.fetchval(
+async def save_recorded(connection: asyncpg.Connection, orders: Sequence[Order]) -> None:
+    """Write what recording changed in `orders` (one pipelined round trip)."""
+    now = datetime.now(UTC)
+    for order in orders:
+        order.updated_at = now
+    await connection.executemany(
         "UPDATE orders SET exchange_order_id = $2, filled = $3, fee = $4, average_price = $5,"
-        " status = $6, reason = $7, updated_at = clock_timestamp() WHERE id = $1"
-        " RETURNING updated_at",
-        order.id,
-        *recorded(order),
+        " status = $6, reason = $7, updated_at = $8 WHERE id = $1",
+        [(order.id, *recorded(order), now) for order in orders],
     )
 
 
@@ -122,23 +114,61 @@ def held_state(pos: Position) -> tuple[Any, ...]:
     return tuple(getattr(pos, name) for name in _HELD)
 
 
-async def save_position(connection: asyncpg.Connection, pos: Position) -> None:
-    pos.updated_at = await connection.fetchval(
+async def save_positions(connection: asyncpg.Connection, positions: Sequence[Position]) -> None:
+    """Write what recording changed in `positions` (one pipelined round trip)."""
+    now = datetime.now(UTC)
+    for pos in positions:
+        pos.updated_at = now
+    await connection.executemany(
         "UPDATE positions SET amount = $3, entry_price = $4, realized_pnl = $5, stop_loss = $6,"
-        " take_profit = $7, trailing_stop_pct = $8, trail_extreme = $9,"
-        " updated_at = clock_timestamp() WHERE exchange = $1 AND symbol = $2 RETURNING updated_at",
-        pos.exchange,
-        pos.symbol,
-        *held_state(pos),
+        " take_profit = $7, trailing_stop_pct = $8, trail_extreme = $9, updated_at = $10"
+        " WHERE exchange = $1 AND symbol = $2",
+        [(pos.exchange, pos.symbol, *held_state(pos), now) for pos in positions],
     )
 
 
-async def add_fill(connection: asyncpg.Connection, values: dict[str, Any]) -> bool:
-    """Record a trade once; False when it was already recorded."""
-    inserted = await connection.fetchval(
-        _insert("fills", list(values), "exchange, trade_id", "id"), *values.values()
+async def recorded_trades(
+    connection: asyncpg.Connection, trades: Sequence[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Which of these (exchange, trade id) are in the ledger already."""
+    if not trades:
+        return set()
+    rows = await connection.fetch(
+        "SELECT exchange, trade_id FROM fills WHERE (exchange, trade_id) IN"
+        " (SELECT * FROM unnest($1::text[], $2::text[]))",
+        [exchange for exchange, _ in trades],
+        [trade_id for _, trade_id in trades],
     )
-    return inserted is not None
+    return {(row["exchange"], row["trade_id"]) for row in rows}
+
+
+_FILL_COLUMNS = (
+    "order_id",
+    "exchange",
+    "trade_id",
+    "symbol",
+    "side",
+    "amount",
+    "price",
+    "fee",
+    "fee_currency",
+    "realized_pnl",
+    "filled_at",
+)
+_ADD_FILL = (
+    f"INSERT INTO fills ({', '.join(_FILL_COLUMNS)})"  # noqa: S608 (our own names)
+    f" VALUES ({', '.join(f'${i}' for i in range(1, len(_FILL_COLUMNS) + 1))})"
+)
+
+
+async def add_fills(connection: asyncpg.Connection, fills: Sequence[dict[str, Any]]) -> None:
+    """Insert new fills (one pipelined round trip). No ON CONFLICT: the caller looked them
+    up under the order and position locks (`recorded_trades`), so a trade recorded twice
+    would be a bug, and fails the whole transaction rather than move a position twice."""
+    if fills:
+        await connection.executemany(
+            _ADD_FILL, [tuple(fill[name] for name in _FILL_COLUMNS) for fill in fills]
+        )
 
 
 async def positions(connection: asyncpg.Connection, exchange: str) -> list[Position]:

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-import asyncpg
 from prometheus_client import Histogram
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -535,59 +534,37 @@ class OrderService:
         return order
 
     async def record_all(self, answers: list[tuple[int, ExchangeOrder]]) -> list[Order]:
-        """`record` each (order id, exchange's order), in turn, in one transaction. The
-        order rows are locked first, in id order, then positions: two recorders never
-        wait on each other's rows in opposite orders."""
+        """`record` each (order id, exchange's order), in turn, in one transaction of a
+        few statements whatever the number of answers: the order rows are locked first,
+        in id order, then the positions they move (two recorders never wait on each
+        other's rows in opposite orders); the trades already in the ledger are looked up
+        once; fills, positions, orders and audit events are written at the end, each in
+        one round trip. (One statement per row and step made a batch of 30 answers ~200
+        round trips, each waiting for a busy event loop.)"""
         async with self.loop_db.transaction() as connection:
-            if len(answers) > 1:
-                await repo.lock_orders(connection, [order_id for order_id, _ in answers])
-            return [await self._record(connection, order_id, ex) for order_id, ex in answers]
-
-    async def _record(
-        self, connection: asyncpg.Connection, order_id: int, ex: ExchangeOrder
-    ) -> Order:
-        order = await repo.lock_order(connection, order_id)
-        before = repo.recorded(order)
-        events: list[AuditEventIn] = []
-        pos: Position | None = None  # locked once, after the order row, if needed
-        held = None
-        for trade in ex.trades:
-            if pos is None:
-                pos = await repo.lock_position(connection, order.exchange, order.symbol)
-                held = repo.held_state(pos)
-            events.extend(await self._record_trade(connection, order, pos, trade))
-        order.exchange_order_id = ex.id
-        if ex.filled >= order.filled:  # (an older answer arrived late: keep the newer one)
-            was_final = order.status in repo.FINAL
-            order.filled, order.fee = ex.filled, ex.fee
-            order.average_price = ex.average
-            status = status_of(ex)
-            if status != order.status:
-                order.status = status
-                if ex.reason:  # why the exchange expired or cancelled it, when it says
-                    order.reason = ex.reason
-                events.append(
-                    event(
-                        status_kind(status),
-                        SERVICE,
-                        order.client_order_id,
-                        filled=str(ex.filled),
-                        exchange_order_id=ex.id,
-                        **({"reason": ex.reason} if ex.reason else {}),
-                    )
-                )
-            armable = order.role == "entry" and order.filled > 0
-            if armable and status in repo.FINAL and not was_final:
-                if pos is None:
-                    pos = await repo.lock_position(connection, order.exchange, order.symbol)
-                    held = repo.held_state(pos)
-                _arm_position(order, pos)
-        if pos is not None and repo.held_state(pos) != held:
-            await repo.save_position(connection, pos)
-        if repo.recorded(order) != before:
-            await repo.save_recorded(connection, order)
-        await outbox.record_on(connection, SERVICE, events)
-        return order
+            orders = await repo.lock_orders(connection, sorted({i for i, _ in answers}))
+            markets = sorted(
+                {
+                    (orders[i].exchange, orders[i].symbol)
+                    for i, ex in answers
+                    if _moves_position(orders[i], ex)
+                }
+            )
+            positions = {m: await repo.lock_position(connection, *m) for m in markets}
+            held = {m: repo.held_state(pos) for m, pos in positions.items()}
+            before = {i: repo.recorded(order) for i, order in orders.items()}
+            traded = [(orders[i].exchange, str(t.id)) for i, ex in answers for t in ex.trades]
+            book = _Ledger(await repo.recorded_trades(connection, traded))
+            result = [_record(orders[i], ex, positions, book) for i, ex in answers]
+            await repo.add_fills(connection, book.fills)
+            await repo.save_positions(
+                connection, [pos for m, pos in positions.items() if repo.held_state(pos) != held[m]]
+            )
+            await repo.save_recorded(
+                connection, [o for i, o in orders.items() if repo.recorded(o) != before[i]]
+            )
+            await outbox.record_on(connection, SERVICE, book.events)
+            return result
 
     async def _record_together(self, order: Order, ex: ExchangeOrder) -> Order:
         """`record` the exchange's answer to an order just sent. One transaction at a time
@@ -617,72 +594,6 @@ class OrderService:
             return
         for (_, _, waiting), row in zip(batch, rows, strict=True):
             waiting.set_result(row)
-
-    async def _record_trade(
-        self, connection: asyncpg.Connection, order: Order, pos: Position, trade: Any
-    ) -> list[AuditEventIn]:
-        """Record one trade of `order` into its fills and `pos`; the fill's audit event
-        (none when the trade was recorded before)."""
-        base, quote = order.symbol.split("/")
-        fee = Decimal(trade.fee)
-        # A fee taken in the coin leaves the account fewer coins: the position follows.
-        moved, fee_quote = coins_moved(
-            order.side,
-            Decimal(trade.amount),
-            Decimal(trade.price),
-            fee,
-            trade.fee_currency,
-            base,
-            quote,
-        )
-        state, realized = apply_fill(
-            PositionState(pos.amount, pos.entry_price, pos.realized_pnl),
-            order.side,
-            moved,
-            Decimal(trade.price),
-            fee_quote,
-        )
-        filled_at = datetime.fromtimestamp(trade.timestamp / 1000, UTC)
-        inserted = await repo.add_fill(
-            connection,
-            {
-                "order_id": order.id,
-                "exchange": order.exchange,
-                "trade_id": str(trade.id),
-                "symbol": order.symbol,
-                "side": order.side,
-                "amount": trade.amount,
-                "price": trade.price,
-                "fee": fee,
-                "fee_currency": trade.fee_currency,
-                "realized_pnl": realized,
-                "filled_at": filled_at,
-            },
-        )
-        if not inserted:
-            return []
-        pos.amount, pos.entry_price, pos.realized_pnl = (
-            state.amount,
-            state.entry_price,
-            state.realized_pnl,
-        )
-        if pos.amount == 0:
-            pos.stop_loss = pos.take_profit = pos.trailing_stop_pct = pos.trail_extreme = None
-        fill = FillEvent(
-            fill_id=f"{order.exchange}:{trade.id}",
-            client_order_id=order.client_order_id,
-            exchange=order.exchange,
-            symbol=order.symbol,
-            side=OrderSide(order.side),
-            amount=trade.amount,
-            price=trade.price,
-            fee=fee,
-            fee_currency=trade.fee_currency,
-            filled_at=filled_at,
-        )
-        return [
-            event("order.filled", SERVICE, order.client_order_id, **fill.model_dump(mode="json"))
-        ]
 
     # --- portfolio -----------------------------------------------------------------------------
     async def portfolio(self, exchange: str) -> tuple[PortfolioView, dict[str, list[RestingOrder]]]:
@@ -904,6 +815,126 @@ def _check_brackets(req: OrderRequest, mid: Decimal) -> None:
             f"{'take_profit' if req.side == OrderSide.buy else 'stop_loss'} "
             f"{above} must be above the price {mid:.2f}"
         )
+
+
+@dataclasses.dataclass
+class _Ledger:
+    """What recording a batch of answers writes: the fills it adds, their audit events and
+    the orders' (in order), and the trades already recorded (those it adds join them)."""
+
+    recorded: set[tuple[str, str]]
+    fills: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    events: list[AuditEventIn] = dataclasses.field(default_factory=list)
+
+
+def _moves_position(order: Order, ex: ExchangeOrder) -> bool:
+    """Recording `ex` may change the order's position (its trades; or its legs attach)."""
+    done = order.role == "entry" and ex.filled > 0 and status_of(ex) in repo.FINAL
+    return bool(ex.trades) or done
+
+
+def _record(
+    order: Order,
+    ex: ExchangeOrder,
+    positions: dict[tuple[str, str], Position],
+    book: _Ledger,
+) -> Order:
+    """Bring `order` (locked) in line with the exchange's `ex`: its new trades move the
+    position (locked: `_moves_position`), then its status, fill and fee follow."""
+    pos = positions.get((order.exchange, order.symbol))
+    for trade in ex.trades:
+        assert pos is not None
+        _record_trade(order, pos, trade, book)
+    order.exchange_order_id = ex.id
+    if ex.filled < order.filled:  # an older answer arrived late: keep the newer one
+        return order
+    was_final = order.status in repo.FINAL
+    order.filled, order.fee = ex.filled, ex.fee
+    order.average_price = ex.average
+    status = status_of(ex)
+    if status != order.status:
+        order.status = status
+        if ex.reason:  # why the exchange expired or cancelled it, when it says
+            order.reason = ex.reason
+        book.events.append(
+            event(
+                status_kind(status),
+                SERVICE,
+                order.client_order_id,
+                filled=str(ex.filled),
+                exchange_order_id=ex.id,
+                **({"reason": ex.reason} if ex.reason else {}),
+            )
+        )
+    armable = order.role == "entry" and order.filled > 0
+    if armable and status in repo.FINAL and not was_final:
+        assert pos is not None
+        _arm_position(order, pos)
+    return order
+
+
+def _record_trade(order: Order, pos: Position, trade: Any, book: _Ledger) -> None:
+    """Add one trade of `order` to the fills and move `pos`, unless it is recorded already."""
+    if (order.exchange, str(trade.id)) in book.recorded:
+        return
+    book.recorded.add((order.exchange, str(trade.id)))
+    base, quote = order.symbol.split("/")
+    fee = Decimal(trade.fee)
+    # A fee taken in the coin leaves the account fewer coins: the position follows.
+    moved, fee_quote = coins_moved(
+        order.side,
+        Decimal(trade.amount),
+        Decimal(trade.price),
+        fee,
+        trade.fee_currency,
+        base,
+        quote,
+    )
+    state, realized = apply_fill(
+        PositionState(pos.amount, pos.entry_price, pos.realized_pnl),
+        order.side,
+        moved,
+        Decimal(trade.price),
+        fee_quote,
+    )
+    filled_at = datetime.fromtimestamp(trade.timestamp / 1000, UTC)
+    book.fills.append(
+        {
+            "order_id": order.id,
+            "exchange": order.exchange,
+            "trade_id": str(trade.id),
+            "symbol": order.symbol,
+            "side": order.side,
+            "amount": trade.amount,
+            "price": trade.price,
+            "fee": fee,
+            "fee_currency": trade.fee_currency,
+            "realized_pnl": realized,
+            "filled_at": filled_at,
+        }
+    )
+    pos.amount, pos.entry_price, pos.realized_pnl = (
+        state.amount,
+        state.entry_price,
+        state.realized_pnl,
+    )
+    if pos.amount == 0:
+        pos.stop_loss = pos.take_profit = pos.trailing_stop_pct = pos.trail_extreme = None
+    fill = FillEvent(
+        fill_id=f"{order.exchange}:{trade.id}",
+        client_order_id=order.client_order_id,
+        exchange=order.exchange,
+        symbol=order.symbol,
+        side=OrderSide(order.side),
+        amount=trade.amount,
+        price=trade.price,
+        fee=fee,
+        fee_currency=trade.fee_currency,
+        filled_at=filled_at,
+    )
+    book.events.append(
+        event("order.filled", SERVICE, order.client_order_id, **fill.model_dump(mode="json"))
+    )
 
 
 def _arm_position(order: Order, pos: Position) -> None:

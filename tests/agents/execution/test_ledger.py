@@ -4,7 +4,11 @@ from decimal import Decimal as D
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agents.execution.exchange.base import ExchangeOrder, Trade
 from agents.execution.ledger import PositionState, apply_fill, coins_moved, unrealized_pnl
+from agents.execution.service import _Ledger, _moves_position, _record
+from common.contracts import OrderSide, OrderType
+from common.models import Order, Position
 
 FLAT = PositionState(D(0), D(0), D(0))
 
@@ -139,3 +143,60 @@ def test_the_ledger_is_what_the_account_holds_and_what_it_paid(
     assert position.realized_pnl == realized
     total = realized + unrealized_pnl(position, mark)
     assert abs(total - (cash + coins * mark)) < D("1e-12")
+
+
+def _answer(filled: str, status: str, trades: list[tuple[str, str]]) -> ExchangeOrder:
+    """The sim's answer to order `x-1` (buy 0.3 BTC) with these (trade id, amount) trades."""
+    fills = [
+        Trade(
+            tid, "ex-1", "x-1", "BTC/USDT", OrderSide.buy, D(a), D(100), D("0.1"), "USDT", 0, True
+        )
+        for tid, a in trades
+    ]
+    return ExchangeOrder(
+        id="ex-1",
+        client_order_id="x-1",
+        symbol="BTC/USDT",
+        side=OrderSide.buy,
+        type=OrderType.market,
+        amount=D("0.3"),
+        price=None,
+        stop_price=None,
+        status=status,  # type: ignore[arg-type]
+        filled=D(filled),
+        remaining=D("0.3") - D(filled),
+        average=D(100),
+        fee=D("0.1") * len(trades),
+        fee_currency="USDT",
+        timestamp=0,
+        trades=fills,
+    )
+
+
+def test_a_batch_records_each_trade_once_however_often_it_is_reported() -> None:
+    """Answers recorded together (service.record_all) are applied in Python before
+    anything is written: a trade the ledger holds, or one an earlier answer of the same
+    batch carried, moves nothing again, and the later, fuller answer sets the order."""
+    order = Order(
+        id=1, client_order_id="x-1", exchange="sim", symbol="BTC/USDT", side="buy",
+        type="market", amount=D("0.3"), status="pending", filled=D(0), fee=D(0),
+        role="entry", stop_loss=D(90),
+    )  # fmt: skip
+    pos = Position(
+        exchange="sim", symbol="BTC/USDT", amount=D(0), entry_price=D(0), realized_pnl=D(0)
+    )
+    book = _Ledger(recorded={("sim", "t0")})  # recorded in an earlier transaction
+    positions = {("sim", "BTC/USDT"): pos}
+    partial = _answer("0.2", "open", [("t0", "0.1"), ("t1", "0.1")])
+    full = _answer("0.3", "closed", [("t0", "0.1"), ("t1", "0.1"), ("t2", "0.1")])
+    assert _moves_position(order, partial) and _moves_position(order, full)
+    _record(order, partial, positions, book)
+    _record(order, full, positions, book)
+    _record(order, partial, positions, book)  # a late, older answer changes nothing
+    assert [f["trade_id"] for f in book.fills] == ["t1", "t2"]
+    assert pos.amount == D("0.2")  # t0 moved it in its own transaction, not here
+    assert pos.realized_pnl == D("-0.2")  # the two new trades' fees
+    assert (order.status, order.filled) == ("filled", D("0.3"))
+    assert pos.stop_loss == D(90)  # the entry's stop attached once it completed
+    kinds = [e.kind for e in book.events]
+    assert kinds == ["order.filled", "order.partially_filled", "order.filled", "order.completed"]
