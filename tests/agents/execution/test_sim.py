@@ -534,3 +534,37 @@ async def test_resting_orders_closed_between_saves_stay_closed_after_replays(
     assert [o.id for o in await third.fetch_open_orders()] == still
     assert (await third.fetch_balance())["USDT"].used == 3 * price * (1 + FEE)
     assert await third.fetch_my_trades() == trades and len(trades) >= 3
+
+
+async def test_the_snapshot_is_rewritten_less_often_as_the_account_grows(
+    make_sim: SimFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rewriting the snapshot costs what the ledger holds, so it waits for as many journal
+    lines as the snapshot has orders: rewrites grow with the log of the orders placed, not
+    with their number, and the account replays the same across them and a restart."""
+    from agents.execution.exchange import sim_state
+
+    monkeypatch.setattr(sim_state, "COMPACT_EVERY", 2)
+    rewrites: list[int] = []
+    write = sim_state.StateStore.write
+
+    def counted(store: sim_state.StateStore, text: str) -> None:
+        rewrites.append(len(text))
+        write(store, text)
+
+    monkeypatch.setattr(sim_state.StateStore, "write", counted)
+    sim = make_sim("growing")
+    for i in range(40):
+        side = "buy" if i % 2 == 0 else "sell"
+        await sim.create_order(BTC, side, "market", D("0.001"), client_order_id=f"g{i}")
+    before = (await sim.fetch_balance(), await sim.fetch_my_trades())
+    await sim.close()
+    assert 3 <= len(rewrites) <= 8, rewrites  # a fixed 2 rewrote it 15 times
+    again = make_sim("growing")
+    assert (await again.fetch_balance(), await again.fetch_my_trades()) == before
+    for i in range(40, 50):  # the journal goes on after the restart, then compacts
+        await again.create_order(BTC, "buy", "market", D("0.001"), client_order_id=f"g{i}")
+    assert len(await again.fetch_my_trades()) == 50
+    await again.close()
+    third = make_sim("growing")
+    assert len(await third.fetch_my_trades()) == 50
