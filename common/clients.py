@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
+from pydantic import BaseModel, ValidationError
 
 from common.errors import ServiceUnavailable, UpstreamError, VolexError
 from common.logging import request_id_var
 from common.settings import SERVICES, Settings
 
 _JSON_OUT = orjson.OPT_NON_STR_KEYS
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +113,12 @@ class AgentClient:
         path: str,
         *,
         json: Any = None,
+        content: bytes | None = None,
         params: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> AgentResponse:
-        body = None if json is None else orjson.dumps(json, option=_JSON_OUT)
+        """`json` is encoded here; `content` is a body encoded already (JSON)."""
+        body = content if json is None else orjson.dumps(json, option=_JSON_OUT)
         try:
             async with self.http.request(
                 method,
@@ -137,9 +141,30 @@ class AgentClient:
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request and return its JSON body, or raise a VolexError saying why not."""
-        response = await self.request(method, path, **kwargs)
+        response = self._checked(await self.request(method, path, **kwargs))
+        return response.json() if response.content else None
+
+    async def post_model(
+        self, path: str, body: BaseModel, answer: type[M], *, timeout: float | None = None
+    ) -> M:
+        """POST `body` and read the answer as an `answer`, or raise a VolexError saying why
+        not (an answer that is not one: a 502). Both ways through pydantic's own JSON, no
+        dict in between: on the order path's checks, building the dicts and validating them
+        was a tenth of execution's CPU."""
+        content = body.model_dump_json().encode()
+        response = self._checked(await self.request("POST", path, content=content, timeout=timeout))
+        try:
+            return answer.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise UpstreamError(
+                f"{self.name} answered {path} with a body that is not {answer.__name__} "
+                f"({exc.error_count()} errors, first: {exc.errors()[0]['msg']})"
+            ) from exc
+
+    def _checked(self, response: AgentResponse) -> AgentResponse:
+        """The response if it is a success; otherwise the VolexError it amounts to."""
         if response.is_success:
-            return response.json() if response.content else None
+            return response
         detail = _problem_detail(response)
         if response.status_code == 503:
             raise ServiceUnavailable(f"{self.name}: {detail}")

@@ -8,16 +8,19 @@ import json
 import logging
 import socket
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 from alembic import command
 from sqlalchemy import Column, MetaData, Table, create_engine, text
 
 from common import migrations
 from common.auth import api_token_path
 from common.clients import Agents
+from common.contracts import CheckDecisions, OrderSide, RestingOrder
 from common.db import LoopDatabase, make_time_series
 from common.errors import Conflict, ServiceUnavailable, UpstreamError, VolexError
 from common.events import EventBus
@@ -129,6 +132,41 @@ def test_client_gives_up_on_an_agent_that_never_answers() -> None:
                 asyncio.run(call(**kwargs))
     finally:
         silent.close()
+
+
+def test_post_model_sends_the_models_json_and_reads_the_answer_as_one() -> None:
+    """`post_model` (the order path's checks) sends the body as the model's JSON and reads
+    the answer as the model it expects; an answer that is not one is a 502, never a guess."""
+    seen: list[object] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append(await request.json())
+        approved = {"good": True, "bad": "perhaps"}[request.match_info["kind"]]
+        return web.json_response({"decisions": [{"approved": approved, "checks": []}]})
+
+    async def run() -> tuple[CheckDecisions, UpstreamError]:
+        app = web.Application()
+        app.router.add_post("/risk/{kind}", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        settings = Settings(port_base=1, agent_url_template=f"http://127.0.0.1:{port}/{{name}}")
+        body = RestingOrder(side=OrderSide.buy, price=Decimal("100.5"), amount=Decimal("0.1"))
+        try:
+            async with Agents(settings, "t") as agents:
+                good = await agents.risk.post_model("/good", body, CheckDecisions)
+                with pytest.raises(UpstreamError) as bad:
+                    await agents.risk.post_model("/bad", body, CheckDecisions)
+        finally:
+            await runner.cleanup()
+        return good, bad.value
+
+    good, bad = asyncio.run(run())
+    assert seen[0] == {"side": "buy", "price": "100.5", "amount": "0.1"}
+    assert good.decisions[0].approved is True and good.decisions[0].checks == []
+    assert bad.status_code == 502 and "not CheckDecisions" in bad.message
 
 
 def test_client_reports_its_own_refused_credentials_as_upstream_error(stack: Stack) -> None:

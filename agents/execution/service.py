@@ -374,13 +374,9 @@ class OrderService:
             ]
         )
         with self._stage("checks"):
-            answers: tuple[Any, ...] = await asyncio.gather(
-                self.agents.risk.post(
-                    "/checks/pre-trade/batch", json=pre_trade.model_dump(mode="json")
-                ),
-                self.agents.compliance.post(
-                    "/checks/policy/batch", json=policy.model_dump(mode="json")
-                ),
+            answers: tuple[CheckDecisions | BaseException, ...] = await asyncio.gather(
+                self.agents.risk.post_model("/checks/pre-trade/batch", pre_trade, CheckDecisions),
+                self.agents.compliance.post_model("/checks/policy/batch", policy, CheckDecisions),
                 return_exceptions=True,
             )
         decided: list[list[CheckDecision]] = []
@@ -389,7 +385,7 @@ class OrderService:
                 raise ServiceUnavailable(f"order refused: {name} unavailable ({answer.message})")
             if isinstance(answer, BaseException):
                 raise ServiceUnavailable(f"order refused: {name} check failed ({answer})")
-            decisions = CheckDecisions.model_validate(answer).decisions
+            decisions = answer.decisions
             if len(decisions) != len(judged):
                 raise ServiceUnavailable(
                     f"order refused: {name} answered {len(decisions)} decisions "
