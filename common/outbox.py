@@ -28,7 +28,7 @@ REFUSED_RETRY_S = 300.0
 _QUEUE = insert(cast(Table, OutboxEvent.__table__))
 
 
-def _queued(event: AuditEventIn) -> dict[str, Any]:
+def queued(event: AuditEventIn) -> dict[str, Any]:
     """The payload to queue for `event`. It gets an `event_id`, so that sending it again
     (an answer lost to a timeout or a crash) does not append it twice at compliance, and
     its data the time it happened, `occurred_at` (compliance stamps when it arrives, which
@@ -43,10 +43,13 @@ def record(session: Session, service: str, event: AuditEventIn) -> None:
     """Queue `event` in the caller's transaction: it exists exactly when the change does."""
     # A plain INSERT, run now (queued events keep the order they were recorded in);
     # through the ORM's unit of work it cost three times as much, three times an order.
-    session.execute(_QUEUE, {"service": service, "payload": _queued(event), "attempts": 0})
+    session.execute(_QUEUE, {"service": service, "payload": queued(event), "attempts": 0})
 
 
 _QUEUE_ON_LOOP = "INSERT INTO event_outbox (service, payload, attempts) VALUES ($1, $2, 0)"
+# The columns a statement of its own fills to queue an event with the row it writes (as
+# execution's claim does: one statement, one implicit transaction, no BEGIN and COMMIT).
+QUEUE_COLUMNS = "event_outbox (service, payload, attempts)"
 
 
 async def record_on(
@@ -55,9 +58,9 @@ async def record_on(
     """`record` for a transaction on the event loop (`LoopDatabase.transaction`): the
     events are queued in the given order."""
     if len(events) == 1:
-        await connection.execute(_QUEUE_ON_LOOP, service, _queued(events[0]))
+        await connection.execute(_QUEUE_ON_LOOP, service, queued(events[0]))
     elif events:
-        await connection.executemany(_QUEUE_ON_LOOP, [(service, _queued(e)) for e in events])
+        await connection.executemany(_QUEUE_ON_LOOP, [(service, queued(e)) for e in events])
 
 
 class OutboxRelay:

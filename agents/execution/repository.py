@@ -18,6 +18,8 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from common import outbox
+from common.contracts import AuditEventIn
 from common.models import Order, Position
 
 FINAL = frozenset({"filled", "cancelled", "rejected", "expired"})
@@ -37,16 +39,26 @@ def _position(row: asyncpg.Record) -> Position:
     return Position(**dict(row))
 
 
-async def claim(connection: asyncpg.Connection, values: dict[str, Any]) -> Order | None:
-    """Insert a pending order; None if its client order id is already taken. One
-    statement: the row comes back with the insert."""
+async def claim(
+    connection: asyncpg.Connection, values: dict[str, Any], service: str, event: AuditEventIn
+) -> Order | None:
+    """Insert a pending order and queue `service`'s audit `event` with it; None (and no
+    event) if its client order id is already taken. One statement, its own transaction:
+    the row comes back with the insert (BEGIN, two INSERTs and COMMIT cost a tenth of
+    execution's CPU per order)."""
     row = {**values, "status": "pending", "filled": Decimal(0), "fee": Decimal(0)}
     columns = ", ".join(row)
     params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+    n = len(row)
     found = await connection.fetchrow(
-        f"INSERT INTO orders ({columns}) VALUES ({params})"  # noqa: S608 (our own names)
-        " ON CONFLICT (client_order_id) DO NOTHING RETURNING *",
+        f"WITH claimed AS (INSERT INTO orders ({columns}) VALUES ({params})"  # noqa: S608
+        " ON CONFLICT (client_order_id) DO NOTHING RETURNING *),"
+        f" queued AS (INSERT INTO {outbox.QUEUE_COLUMNS}"
+        f" SELECT ${n + 1}, ${n + 2}, 0 FROM claimed)"
+        " SELECT * FROM claimed",
         *row.values(),
+        service,
+        outbox.queued(event),
     )
     return None if found is None else _order(found)
 

@@ -173,22 +173,18 @@ class OrderService:
             return repo.by_client_id(session, client_order_id)
 
     async def _claim(self, values: dict[str, Any], actor: str) -> Order | None:
-        async with self.loop_db.transaction() as connection:
-            order = await repo.claim(connection, values)
-            if order is not None:
-                await outbox.record_on(connection, SERVICE, [_requested(order, actor)])
-            return order
+        async with self.loop_db.connection() as connection:
+            return await repo.claim(connection, values, SERVICE, _requested(Order(**values), actor))
 
     async def _claim_all(self, values: list[dict[str, Any]], actor: str) -> list[Order]:
         """Claim orders that go out together (the legs of a pair): all or none."""
         async with self.loop_db.transaction() as connection:
             claimed = []
             for one in values:
-                order = await repo.claim(connection, one)
+                order = await repo.claim(connection, one, SERVICE, _requested(Order(**one), actor))
                 if order is None:
                     raise Conflict(f"client order id {one['client_order_id']!r} is taken")
                 claimed.append(order)
-            await outbox.record_on(connection, SERVICE, [_requested(o, actor) for o in claimed])
             return claimed
 
     def _finish(self, order_id: int, status: str, reason: str, actor: str) -> Order:
