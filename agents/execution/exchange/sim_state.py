@@ -374,8 +374,9 @@ def apply_delta(ledger: Ledger, delta: dict[str, Any]) -> None:
 class StateStore:
     """The account under `directory`, locked for this process while open.
 
-    A snapshot (`sim-account.json`) plus an append-only journal of changes: each save
-    appends one fsync'd line, so a save costs the same with ten orders or a million;
+    A snapshot (`sim-account.json`) plus an append-only journal of changes: each change
+    is one line (those staged together are written with one fsync), so a change costs
+    the same with ten orders or a million;
     once the journal has as many lines as the snapshot has orders (COMPACT_EVERY at
     least), the snapshot is rewritten and the journal emptied.
     """
@@ -395,6 +396,7 @@ class StateStore:
             ) from None
         self._entries = 0
         self._compact_at = COMPACT_EVERY
+        self._staged: list[tuple[bool, str]] = []
         # Closing the descriptor releases the lock, also when the owner is just dropped.
         self._finalizer = weakref.finalize(self, os.close, self._lock_fd)
 
@@ -418,25 +420,62 @@ class StateStore:
         self._since = (ledger.next_order, ledger.next_trade)
         self._open = {o.id for o in ledger.open_orders()}
 
-    def save(self, ledger: Ledger) -> None:
-        """Make the ledger durable: one journal line, or a fresh snapshot now and then."""
+    def stage(self, ledger: Ledger) -> None:
+        """Queue what changed in the ledger since the last stage (call it where nothing
+        changes the ledger meanwhile): one journal line, or a fresh snapshot now and then
+        (it stands for every line queued before it). `take` and `write_staged` make them
+        durable, those of many changes with one fsync."""
         if not hasattr(self, "_since") or self._entries >= self._compact_at:
-            self.write(ledger.dumps())
-            self.path.with_name(JOURNAL_FILE).unlink(missing_ok=True)
+            self._staged = [(True, ledger.dumps())]
             self._entries = 0
             self._compact_at = max(COMPACT_EVERY, len(ledger.orders))
         else:
             line = json.dumps(ledger_delta(ledger, *self._since, self._open)) + "\n"
-            fd = os.open(
-                self.path.with_name(JOURNAL_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-            )
-            try:
-                os.write(fd, line.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._staged.append((False, line))
             self._entries += 1
         self._mark_saved(ledger)
+
+    def save(self, ledger: Ledger) -> None:
+        """Stage the ledger's changes and write them now (one caller at a time)."""
+        self.stage(ledger)
+        staged = self.take()
+        try:
+            self.write_staged(staged)
+        except BaseException:
+            self.lost()
+            raise
+
+    def take(self) -> list[tuple[bool, str]]:
+        """What is staged (snapshot?, text), in order; the stage starts empty again."""
+        taken, self._staged = self._staged, []
+        return taken
+
+    def lost(self) -> None:
+        """What was taken did not reach the disk: the next stage writes a whole snapshot
+        (the ledger in memory has every change), so nothing is left out."""
+        del self._since
+
+    def write_staged(self, staged: list[tuple[bool, str]]) -> None:
+        """Write what `take` returned, in order: a snapshot replaces the file and empties
+        the journal; the lines after it are appended with one fsync."""
+        lines: list[str] = []
+        for snapshot, text in staged:
+            if snapshot:
+                self.write(text)
+                self.path.with_name(JOURNAL_FILE).unlink(missing_ok=True)
+                lines = []
+            else:
+                lines.append(text)
+        if not lines:
+            return
+        fd = os.open(
+            self.path.with_name(JOURNAL_FILE), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
+        try:
+            os.write(fd, "".join(lines).encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def write(self, text: str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=".sim-account.", suffix=".tmp", dir=self.path.parent)

@@ -568,3 +568,62 @@ async def test_the_snapshot_is_rewritten_less_often_as_the_account_grows(
     await again.close()
     third = make_sim("growing")
     assert len(await third.fetch_my_trades()) == 50
+
+
+async def test_orders_placed_together_share_a_journal_write_and_return_once_on_disk(
+    make_sim: SimFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changes staged while a write is under way go out together in the next one (group
+    commit), and no call returns before its own change is on disk."""
+    from agents.execution.exchange import sim_state
+
+    written: list[str] = []
+    write = sim_state.StateStore.write_staged
+
+    def recorded(store: sim_state.StateStore, staged: list[tuple[bool, str]]) -> None:
+        write(store, staged)
+        written.append("".join(text for _, text in staged))
+
+    monkeypatch.setattr(sim_state.StateStore, "write_staged", recorded)
+    sim = make_sim("together")
+
+    async def place(i: int) -> None:
+        side = "buy" if i % 2 == 0 else "sell"
+        await sim.create_order(BTC, side, "market", D("0.001"), client_order_id=f"t{i}")
+        assert any(f'"t{i}"' in text for text in written), f"t{i} returned before its write"
+
+    await asyncio.gather(*(place(i) for i in range(20)))
+    assert len(written) < 20, len(written)  # some of them shared a write
+    await sim.close()
+    again = make_sim("together")
+    for i in range(20):
+        assert await again.fetch_order_by_client_id(f"t{i}", BTC) is not None
+
+
+async def test_a_failed_journal_write_loses_nothing_once_the_next_one_succeeds(
+    make_sim: SimFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the disk refuses a write, that call's outcome is unknown (its order may stand:
+    the caller reconciles it by client id, as after a timeout) and the next write is a
+    whole snapshot, so the account on disk is the account in memory again."""
+    from agents.execution.exchange import sim_state
+
+    write = sim_state.StateStore.write_staged
+    failures = [OSError("disk full")]
+
+    def flaky(store: sim_state.StateStore, staged: list[tuple[bool, str]]) -> None:
+        if failures:
+            raise failures.pop()
+        write(store, staged)
+
+    sim = make_sim("flaky")
+    await sim.create_order(BTC, "buy", "market", D("0.002"), client_order_id="f0")
+    monkeypatch.setattr(sim_state.StateStore, "write_staged", flaky)
+    with pytest.raises(ExchangeTimeout, match="could not write its journal"):
+        await sim.create_order(BTC, "buy", "market", D("0.001"), client_order_id="f1")
+    await sim.create_order(BTC, "sell", "market", D("0.001"), client_order_id="f2")
+    before = (await sim.fetch_balance(), await sim.fetch_my_trades())
+    await sim.close()
+    again = make_sim("flaky")
+    assert (await again.fetch_balance(), await again.fetch_my_trades()) == before
+    assert await again.fetch_order_by_client_id("f1", BTC) is not None
