@@ -174,14 +174,14 @@ class OrderService:
 
     async def _claim(self, values: dict[str, Any], actor: str) -> Order | None:
         async with self.loop_db.connection() as connection:
-            return await repo.claim(connection, values, SERVICE, _requested(Order(**values), actor))
+            return await repo.claim(connection, values, SERVICE, _requested(values, actor))
 
     async def _claim_all(self, values: list[dict[str, Any]], actor: str) -> list[Order]:
         """Claim orders that go out together (the legs of a pair): all or none."""
         async with self.loop_db.transaction() as connection:
             claimed = []
             for one in values:
-                order = await repo.claim(connection, one, SERVICE, _requested(Order(**one), actor))
+                order = await repo.claim(connection, one, SERVICE, _requested(one, actor))
                 if order is None:
                     raise Conflict(f"client order id {one['client_order_id']!r} is taken")
                 claimed.append(order)
@@ -745,23 +745,28 @@ async def _no_way(order: Order) -> bool:
     return False
 
 
-def _order_data(order: Order) -> dict[str, Any]:
-    return {
-        "exchange": order.exchange,
-        "symbol": order.symbol,
-        "side": order.side,
-        "type": order.type,
-        "amount": str(order.amount),
-        "price": None if order.price is None else str(order.price),
-        "stop_price": None if order.stop_price is None else str(order.stop_price),
-        "reduce_only": order.reduce_only,
-        "role": order.role,
-        "requested_by": order.requested_by,
-    }
+def _requested(values: dict[str, Any], actor: str) -> AuditEventIn:
+    """The `order.requested` event of an order about to be claimed with `values`."""
 
+    def text(name: str) -> str | None:
+        value = values.get(name)
+        return None if value is None else str(value)
 
-def _requested(order: Order, actor: str) -> AuditEventIn:
-    return event("order.requested", actor, order.client_order_id, **_order_data(order))
+    return event(
+        "order.requested",
+        actor,
+        values["client_order_id"],
+        exchange=values["exchange"],
+        symbol=values["symbol"],
+        side=values["side"],
+        type=values["type"],
+        amount=text("amount"),
+        price=text("price"),
+        stop_price=text("stop_price"),
+        reduce_only=bool(values.get("reduce_only")),
+        role=values.get("role", "entry"),
+        requested_by=values["requested_by"],
+    )
 
 
 def _same_request(existing: Order, req: OrderRequest) -> Order:
