@@ -122,7 +122,7 @@ _HELD = (
 
 
 def held_state(pos: Position) -> tuple[Any, ...]:
-    """What recording may change in a position (`save_position` writes it)."""
+    """What recording may change in a position (`save_positions` writes it)."""
     return tuple(getattr(pos, name) for name in _HELD)
 
 
