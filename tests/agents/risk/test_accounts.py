@@ -70,3 +70,15 @@ def test_resetting_an_account_never_seen_is_404(risk: Risk) -> None:
     response = risk.post("/drawdown/reset", {"reason": "typo", "account": "nosuchaccount"})
     assert response.status_code == 404, response.text
     assert "no equity seen for account 'nosuchaccount'" in response.json()["detail"]
+
+
+def test_an_account_name_that_is_not_an_exchange_id_is_422(risk: Risk) -> None:
+    """Accounts are named like exchange ids (`binance`, `sim_paper`): anything else is
+    refused naming the field, on a reset and on a check's portfolio alike."""
+    response = risk.post("/drawdown/reset", {"reason": "typo", "account": "Binance US"})
+    assert response.status_code == 422, response.text
+    assert "account" in response.text
+    order = risk.order(amount="0.001", portfolio=_on("../etc", "1000"))
+    response = risk.post("/checks/pre-trade", order)
+    assert response.status_code == 422, response.text
+    assert "account" in response.text
