@@ -275,7 +275,8 @@ class LoopDatabase:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection for reads, each statement its own transaction; errors mapped."""
+        """A connection, each statement its own transaction; a database error inside the
+        block is mapped."""
         if self._pool is None:
             raise ServiceUnavailable("database unavailable (the loop pool is not open)")
         try:
@@ -288,20 +289,13 @@ class LoopDatabase:
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection inside one transaction: committed when the block ends, rolled back
         when it raises. A database error inside the block (or at commit) is mapped."""
-        if self._pool is None:
-            raise ServiceUnavailable("database unavailable (the loop pool is not open)")
-        try:
-            async with self._pool.acquire() as connection, connection.transaction():
-                yield connection
-        except (*_OUTAGES, asyncpg.PostgresError) as exc:
-            raise loop_database_error(exc) from exc
+        async with self.connection() as connection, connection.transaction():
+            yield connection
 
     async def insert(self, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert `rows` (dicts with the same keys, named after `table`'s columns)."""
         if not rows:
             return
-        if self._pool is None:
-            raise ServiceUnavailable("database unavailable (the loop pool is not open)")
         names = tuple(rows[0])
         sql = self._sql.get((table.name, names))
         if sql is None:
@@ -309,11 +303,8 @@ class LoopDatabase:
             values = ", ".join(f"${i}" for i in range(1, len(names) + 1))
             sql = f'INSERT INTO "{table.name}" ({columns}) VALUES ({values})'  # noqa: S608
             self._sql[(table.name, names)] = sql
-        try:
-            async with self._pool.acquire() as connection:
-                await connection.executemany(sql, [tuple(r[n] for n in names) for r in rows])
-        except (*_OUTAGES, asyncpg.PostgresError) as exc:
-            raise loop_database_error(exc) from exc
+        async with self.connection() as connection:
+            await connection.executemany(sql, [tuple(r[n] for n in names) for r in rows])
 
 
 def loop_database_error(exc: BaseException) -> VolexError:

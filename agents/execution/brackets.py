@@ -181,7 +181,7 @@ class Brackets:
             )
             if trigger is not None
         ]
-        claimed = await self.orders._claim_all(values, SERVICE)
+        claimed = await self.orders.claim_all(values, SERVICE)
         with self.orders.flying(claimed):
             answers = await self._create(adapter, claimed, want)
         if answers is None:

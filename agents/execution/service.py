@@ -172,11 +172,11 @@ class OrderService:
         with self.sessions() as session:
             return repo.by_client_id(session, client_order_id)
 
-    async def _claim(self, values: dict[str, Any], actor: str) -> Order | None:
+    async def claim(self, values: dict[str, Any], actor: str) -> Order | None:
         async with self.loop_db.connection() as connection:
             return await repo.claim(connection, values, SERVICE, _requested(values, actor))
 
-    async def _claim_all(self, values: list[dict[str, Any]], actor: str) -> list[Order]:
+    async def claim_all(self, values: list[dict[str, Any]], actor: str) -> list[Order]:
         """Claim orders that go out together (the legs of a pair): all or none."""
         async with self.loop_db.transaction() as connection:
             claimed = []
@@ -227,7 +227,7 @@ class OrderService:
         }
         # The claim commits while the order waits for its approval (the account is read
         # meanwhile): a replay finds its order, and nothing is judged before it is claimed.
-        claim = asyncio.ensure_future(self._timed("claim", self._claim(values, caller.name)))
+        claim = asyncio.ensure_future(self._timed("claim", self.claim(values, caller.name)))
         refusal: VolexError | None = None
         try:
             _check_brackets(req, mid)  # refused after the claim: a replay gets its order
@@ -651,6 +651,11 @@ class OrderService:
             realized = await repo.realized_since(connection, since)
             live = await repo.live(connection, exchange, with_unknown=True)
         return rows, realized, live
+
+    async def live(self, exchange: str | None) -> list[Order]:
+        """Our orders resting on `exchange` (every exchange: None), oldest first."""
+        async with self.loop_db.connection() as connection:
+            return await repo.live(connection, exchange)
 
     async def positions(self, exchange: str) -> list[Position]:
         """The exchange's positions that hold something, by symbol."""

@@ -225,7 +225,7 @@ class Reconciler:
             "requested_by": SERVICE,
             "reason": reason,
         }
-        order = await self.orders._claim(values, SERVICE)
+        order = await self.orders.claim(values, SERVICE)
         if order is None:
             raise VolexError(f"close order id {values['client_order_id']} already used")
         return await self.orders.send(order)
@@ -238,7 +238,7 @@ class Reconciler:
         self, exchange: str | None, symbol: str | None = None
     ) -> tuple[list[Order], list[str]]:
         cancelled, errors = [], []
-        for order in await self._live(exchange):
+        for order in await self.orders.live(exchange):
             if symbol is not None and order.symbol != symbol:
                 continue
             try:
@@ -246,10 +246,6 @@ class Reconciler:
             except (ExchangeError, VolexError) as exc:
                 errors.append(f"order {order.id}: {exc}")
         return cancelled, errors
-
-    async def _live(self, exchange: str | None) -> list[Order]:
-        async with self.orders.loop_db.connection() as connection:
-            return await repo.live(connection, exchange)
 
     async def apply(self, command: ApplyTradingState) -> ApplyTradingStateResult:
         """Take the new trading state. HALTED: close the gate first (nothing new leaves,
