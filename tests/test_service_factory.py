@@ -4,6 +4,7 @@ commits happen before the response, crashes answer problem+json with a request i
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import httpx
 from fastapi import APIRouter
@@ -12,7 +13,7 @@ from sqlalchemy import text
 from common.auth import digest
 from common.db import SessionDep, make_engine, make_session_factory
 from common.errors import Unprocessable
-from common.service import create_service
+from common.service import GEN0_THRESHOLD, create_service
 from tests.conftest import Stack
 
 router = APIRouter()
@@ -90,3 +91,22 @@ def test_domain_error_carries_its_status_and_message(stack: Stack) -> None:
     response = _call(stack, "GET", "/refuse")
     assert response.status_code == 422
     assert response.json()["detail"] == "amount must be positive: got -1"
+
+
+def test_a_started_service_keeps_its_startup_objects_out_of_the_collectors_passes(
+    stack: Stack,
+) -> None:
+    app = create_service("risk", [router], settings=stack.settings)
+    threshold = gc.get_threshold()
+
+    async def started() -> tuple[int, int]:
+        async with app.router.lifespan_context(app):
+            return gc.get_freeze_count(), gc.get_threshold()[0]
+
+    try:
+        frozen, young = asyncio.run(started())
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+    assert frozen > 10_000  # the modules, models and routes it started with
+    assert young == GEN0_THRESHOLD

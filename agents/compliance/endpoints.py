@@ -22,7 +22,7 @@ from common.contracts import (
 )
 from common.db import SessionDep
 from common.errors import Problem
-from common.service import LoopDbDep
+from common.service import CheckListingQuery, LoopDbDep
 
 router = APIRouter()
 MAX_BATCH = 500
@@ -97,10 +97,14 @@ async def check_policy(body: PolicyRequest, caller: CallerDep, db: LoopDbDep) ->
 @router.post(
     "/checks/policy/batch", response_model=CheckDecisions, tags=["policies"], responses=INVALID
 )
-async def check_policies(body: PolicyBatch, caller: CallerDep, db: LoopDbDep) -> CheckDecisions:
+async def check_policies(
+    body: PolicyBatch, caller: CallerDep, db: LoopDbDep, checks: CheckListingQuery = "all"
+) -> CheckDecisions:
     """Check orders in turn, each seeing the limit orders approved before it as resting
-    (execution sends the orders that arrived together); each decision recorded and audited."""
-    return CheckDecisions(decisions=await service.check_policies(db, body.orders, caller))
+    (execution sends the orders that arrived together); each decision recorded and audited
+    with every rule's result. `checks=failed` lists only the rules that failed."""
+    decisions = await service.check_policies(db, body.orders, caller)
+    return CheckDecisions.listing(decisions, checks)
 
 
 @router.get("/policies", response_model=PolicyView, tags=["policies"])

@@ -67,6 +67,10 @@ from common.money import to_step
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SERVICE = "execution"
+# Only the rules that failed come back: a refusal names them; every result is stored and
+# audited by risk and compliance themselves.
+RISK_CHECKS = "/checks/pre-trade/batch?checks=failed"
+POLICY_CHECKS = "/checks/policy/batch?checks=failed"
 
 
 def status_of(ex: ExchangeOrder) -> str:
@@ -371,8 +375,8 @@ class OrderService:
         )
         with self._stage("checks"):
             answers: tuple[CheckDecisions | BaseException, ...] = await asyncio.gather(
-                self.agents.risk.post_model("/checks/pre-trade/batch", pre_trade, CheckDecisions),
-                self.agents.compliance.post_model("/checks/policy/batch", policy, CheckDecisions),
+                self.agents.risk.post_model(RISK_CHECKS, pre_trade, CheckDecisions),
+                self.agents.compliance.post_model(POLICY_CHECKS, policy, CheckDecisions),
                 return_exceptions=True,
             )
         decided: list[list[CheckDecision]] = []

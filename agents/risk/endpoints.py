@@ -37,7 +37,7 @@ from common.contracts import (
 )
 from common.db import SessionDep, in_transaction
 from common.errors import Problem
-from common.service import KitDep, LoopDbDep
+from common.service import CheckListingQuery, KitDep, LoopDbDep
 
 router = APIRouter()
 FORBIDDEN: dict[int | str, dict[str, Any]] = {
@@ -110,16 +110,19 @@ async def pre_trade_batch(
     caller: CallerDep,
     kit: KitDep,
     background: BackgroundTasks,
+    checks: CheckListingQuery = "all",
 ) -> CheckDecisions:
     """Approve or reject orders in turn, each judged with the ones approved before it
-    counted as resting orders (execution sends the orders that arrived together)."""
+    counted as resting orders (execution sends the orders that arrived together).
+    `checks=failed` lists only the rules that failed (every result is stored either way:
+    `GET /checks/{client_order_id}`)."""
     async with db.transaction() as conn:
         outcome = await service.pre_trade_batch(
             conn, body.portfolio, body.orders, caller.name, kit.name
         )
     if outcome.halted is not None:
         background.add_task(kill_switch.propagate, kit, outcome.halted)
-    return CheckDecisions(decisions=outcome.decisions)
+    return CheckDecisions.listing(outcome.decisions, checks)
 
 
 @router.get("/checks/{client_order_id}", tags=["checks"])

@@ -17,12 +17,13 @@ from tests.conftest import Stack
 SetPolicy = Callable[..., dict[str, Any]]
 
 
-def batch(stack: Stack, orders: list[dict[str, Any]]) -> httpx.Response:
+def batch(stack: Stack, orders: list[dict[str, Any]], **params: str) -> httpx.Response:
     return call(
         stack,
         "POST",
         "/checks/policy/batch",
         json={"orders": orders},
+        params=params,
         token=service_token(stack, "execution"),
     )
 
@@ -98,6 +99,27 @@ def test_each_decision_is_stored_and_audited_in_order(stack: Stack, set_policy: 
     assert ids == sorted(ids)
     verified = call(stack, "GET", "/audit/verify").json()
     assert verified["ok"] is True, verified
+
+
+def test_checks_failed_lists_only_the_failures_and_audits_every_result(
+    stack: Stack, set_policy: SetPolicy
+) -> None:
+    set_policy(restricted_symbols=["DOGE"])
+    orders = [order(), order(symbol="DOGE/USDT")]
+    response = batch(stack, orders, checks="failed")
+    assert response.status_code == 200, response.text
+    approved, refused = response.json()["decisions"]
+    assert approved["approved"] is True and approved["checks"] == []
+    assert refused["approved"] is False
+    assert [c["rule"] for c in refused["checks"]] == ["restricted_symbols"]
+    assert "DOGE" in refused["checks"][0]["detail"]
+    for body in orders:  # the audit trail keeps every rule's result
+        [event] = policy_events(stack, body["client_order_id"])
+        assert {c["rule"] for c in event["data"]["checks"]} >= {
+            "restricted_symbols",
+            "allowed_exchanges",
+            "wash_trade",
+        }
 
 
 @pytest.mark.parametrize(

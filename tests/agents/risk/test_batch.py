@@ -14,13 +14,15 @@ from tests.agents.risk.test_pre_trade import RULES, long_btc
 pytestmark = pytest.mark.usefixtures("baseline")
 
 
-def batch(risk: Risk, orders: list[dict[str, Any]], portfolio: dict[str, Any]) -> Any:
+def batch(
+    risk: Risk, orders: list[dict[str, Any]], portfolio: dict[str, Any], **params: str
+) -> Any:
     """The orders (built by `risk.order`) in one batch against `portfolio`."""
     body = {
         "portfolio": {"equity": "100000", "cash": "100000", **portfolio},
         "orders": [{k: v for k, v in o.items() if k != "portfolio"} for o in orders],
     }
-    return risk.post("/checks/pre-trade/batch", body)
+    return risk.post("/checks/pre-trade/batch", body, params=params)
 
 
 def decisions(risk: Risk, orders: list[dict[str, Any]], portfolio: dict[str, Any]) -> list[Any]:
@@ -52,6 +54,31 @@ def test_each_order_counts_those_approved_before_it(risk: Risk) -> None:
     events = risk.audited(mark, "risk.checked", count=3)
     assert [e["subject"] for e in events] == [o["client_order_id"] for o in orders]
     assert [e["data"]["approved"] for e in events] == [True, True, False]
+
+
+def test_checks_failed_lists_only_the_failures_and_stores_every_result(risk: Risk) -> None:
+    """What execution asks for: each decision names the rules that failed, nothing else;
+    every rule's result is stored as before."""
+    held = {"positions": [long_btc("0.3", stop_loss=None)]}
+    orders = [buy(risk, "0.1"), buy(risk, "0.19")]  # the second: 34 % of equity
+    answer = risk.ok(batch(risk, orders, held, checks="failed"))
+    approved, refused = answer["decisions"]
+    assert approved == {"approved": True, "checks": [], "state": "ACTIVE"}
+    assert refused["approved"] is False
+    assert [c["rule"] for c in refused["checks"]] == ["max_position_pct"]
+    assert not refused["checks"][0]["passed"]
+    assert "0.59 (0.1 of it in resting orders)" in refused["checks"][0]["detail"]
+    for order in orders:
+        [stored] = risk.ok(risk.get(f"/checks/{order['client_order_id']}"))
+        assert {c["rule"] for c in stored["checks"]} == RULES
+
+
+def test_checks_listing_other_than_all_or_failed_is_a_422(risk: Risk) -> None:
+    order = buy(risk, "0.1")
+    response = batch(risk, [order], {}, checks="passed")
+    assert response.status_code == 422, response.text
+    assert "checks" in response.text and "'all' or 'failed'" in response.text
+    assert risk.get(f"/checks/{order['client_order_id']}").status_code == 404  # not judged
 
 
 def test_a_rejected_order_does_not_count_against_the_next(risk: Risk) -> None:
