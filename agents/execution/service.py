@@ -135,6 +135,11 @@ class OrderService:
         self.records: Batches[tuple[str, str], _Answer] = Batches(
             self._record_batch, lambda answer: answer[2], MAX_BATCH
         )
+        # Claims a statement at a time, by the columns they fill (orders from POST /orders
+        # all fill the same ones).
+        self.claims: Batches[tuple[str, ...], _Claim] = Batches(
+            self._claim_batch, lambda claim: claim[2], MAX_BATCH
+        )
         self.batch_sizes: Histogram | None = None  # set by the app: orders per approval
         self.after_fill: Callable[[Order], Awaitable[None]] = _nothing_after_fill
         self.make_way: Callable[[Order], Awaitable[bool]] = _no_way
@@ -177,19 +182,44 @@ class OrderService:
             return repo.by_client_id(session, client_order_id)
 
     async def claim(self, values: dict[str, Any], actor: str) -> Order | None:
-        async with self.loop_db.connection() as connection:
-            return await repo.claim(connection, values, SERVICE, _requested(values, actor))
+        """Commit a pending order row (and its `order.requested` event) before anything
+        else happens to it; None if its client order id is taken. Claims arriving while
+        one is being written go together in the next statement (`_claim_batch`)."""
+        claimed: asyncio.Future[Order | None] = asyncio.get_running_loop().create_future()
+        await self.claims.wait(tuple(values), (values, _requested(values, actor), claimed))
+        return claimed.result()
+
+    async def _claim_batch(self, columns: tuple[str, ...], batch: list[_Claim]) -> None:
+        """Claim the batch in one statement; if that fails, one by one, so that one order
+        the database refuses does not take the others with it (unless the database is out
+        of reach: then none can be claimed)."""
+        try:
+            async with self.loop_db.connection() as connection:
+                found = await repo.claim(
+                    connection, [v for v, _, _ in batch], SERVICE, [e for _, e, _ in batch]
+                )
+        except Exception as exc:
+            if len(batch) == 1 or isinstance(exc, ServiceUnavailable):
+                for _, _, claimed in batch:
+                    claimed.set_exception(exc)
+                return
+            for one in batch:
+                await self._claim_batch(columns, [one])
+            return
+        for (_, _, claimed), order in zip(batch, found, strict=True):
+            claimed.set_result(order)
 
     async def claim_all(self, values: list[dict[str, Any]], actor: str) -> list[Order]:
         """Claim orders that go out together (the legs of a pair): all or none."""
         async with self.loop_db.transaction() as connection:
-            claimed = []
-            for one in values:
-                order = await repo.claim(connection, one, SERVICE, _requested(one, actor))
-                if order is None:
-                    raise Conflict(f"client order id {one['client_order_id']!r} is taken")
-                claimed.append(order)
-            return claimed
+            events = [_requested(one, actor) for one in values]
+            found = await repo.claim(connection, values, SERVICE, events)
+        claimed = []
+        for one, order in zip(values, found, strict=True):
+            if order is None:
+                raise Conflict(f"client order id {one['client_order_id']!r} is taken")
+            claimed.append(order)
+        return claimed
 
     def _finish(self, order_id: int, status: str, reason: str, actor: str) -> Order:
         with self.sessions.begin() as session:
@@ -597,9 +627,12 @@ class OrderService:
         adapter = self.exchanges.get(exchange)
         # Before the ledger is read: an order recorded in between counts twice, never not at all.
         on_their_way = [w for w in self.approved.values() if w.open.exchange == exchange]
-        balances = await adapter.fetch_balance()
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        rows, realized, live = await self._book(exchange, today)
+        # The exchange and the ledger are read at once (one after the other, the exchange's
+        # wait for its journal and the ledger's round trips added up under load).
+        balances, (rows, realized, live) = await asyncio.gather(
+            adapter.fetch_balance(), self._book(exchange, today)
+        )
         views = []
         for row in rows:
             mark, _ = await self._mark(exchange, row.symbol)
@@ -675,6 +708,7 @@ class OrderService:
 
 # An exchange's answer to an order just sent: (order id, answer, the recorded order).
 _Answer = tuple[int, ExchangeOrder, "asyncio.Future[Order]"]
+_Claim = tuple[dict[str, Any], AuditEventIn, "asyncio.Future[Order | None]"]
 
 
 @dataclasses.dataclass
