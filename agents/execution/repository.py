@@ -98,20 +98,8 @@ _RECORDED = ("exchange_order_id", "filled", "fee", "average_price", "status", "r
 
 
 def recorded(order: Order) -> tuple[Any, ...]:
-    """What recording an answer may change in an order (`save_recorded` writes it)."""
+    """What recording an answer may change in an order (`save_recording` writes it)."""
     return tuple(getattr(order, name) for name in _RECORDED)
-
-
-async def save_recorded(connection: asyncpg.Connection, orders: Sequence[Order]) -> None:
-    """Write what recording changed in `orders` (one pipelined round trip)."""
-    now = datetime.now(UTC)
-    for order in orders:
-        order.updated_at = now
-    await connection.executemany(
-        "UPDATE orders SET exchange_order_id = $2, filled = $3, fee = $4, average_price = $5,"
-        " status = $6, reason = $7, updated_at = $8 WHERE id = $1",
-        [(order.id, *recorded(order), now) for order in orders],
-    )
 
 
 _LOCK_POSITION = "SELECT * FROM positions WHERE exchange = $1 AND symbol = $2 FOR UPDATE"
@@ -144,21 +132,8 @@ _HELD = (
 
 
 def held_state(pos: Position) -> tuple[Any, ...]:
-    """What recording may change in a position (`save_positions` writes it)."""
+    """What recording may change in a position (`save_recording` writes it)."""
     return tuple(getattr(pos, name) for name in _HELD)
-
-
-async def save_positions(connection: asyncpg.Connection, positions: Sequence[Position]) -> None:
-    """Write what recording changed in `positions` (one pipelined round trip)."""
-    now = datetime.now(UTC)
-    for pos in positions:
-        pos.updated_at = now
-    await connection.executemany(
-        "UPDATE positions SET amount = $3, entry_price = $4, realized_pnl = $5, stop_loss = $6,"
-        " take_profit = $7, trailing_stop_pct = $8, trail_extreme = $9, updated_at = $10"
-        " WHERE exchange = $1 AND symbol = $2",
-        [(pos.exchange, pos.symbol, *held_state(pos), now) for pos in positions],
-    )
 
 
 async def recorded_trades(
@@ -189,20 +164,84 @@ _FILL_COLUMNS = (
     "realized_pnl",
     "filled_at",
 )
-_ADD_FILL = (
-    f"INSERT INTO fills ({', '.join(_FILL_COLUMNS)})"  # noqa: S608 (our own names)
-    f" VALUES ({', '.join(f'${i}' for i in range(1, len(_FILL_COLUMNS) + 1))})"
+_TYPES = {
+    "order_id": "bigint",
+    "id": "bigint",
+    "filled_at": "timestamptz",
+    **dict.fromkeys(
+        ("amount", "price", "fee", "realized_pnl", "filled", "average_price", "entry_price"),
+        "numeric",
+    ),
+    **dict.fromkeys(("stop_loss", "take_profit", "trailing_stop_pct", "trail_extreme"), "numeric"),
+}
+
+
+def _rows(names: Sequence[str], first: int) -> str:
+    """`unnest` of one array parameter per column, from `$first` on, typed."""
+    arrays = ", ".join(f"${first + i}::{_TYPES.get(n, 'text')}[]" for i, n in enumerate(names))
+    return f"unnest({arrays}) AS u ({', '.join(names)})"
+
+
+def _set(names: Sequence[str]) -> str:
+    return ", ".join(f"{name} = u.{name}" for name in names)
+
+
+_MOVED = ("exchange", "symbol", *_HELD)
+_CHANGED = ("id", *_RECORDED)
+# The parameters' numbers: the fills' arrays, the time of the change, the positions',
+# the orders', the service and the events.
+_P = 1 + len(_FILL_COLUMNS) + 1
+_O = _P + len(_MOVED)
+_E = _O + len(_CHANGED)
+# What recording a batch of answers writes, in one statement whatever the batch: the new
+# fills, the positions and orders they changed, and the audit events, in that order.
+_SAVE_RECORDING = (
+    f"WITH added AS (INSERT INTO fills ({', '.join(_FILL_COLUMNS)})"  # noqa: S608 (our names)
+    f" SELECT * FROM {_rows(_FILL_COLUMNS, 1)}),"
+    f" moved AS (UPDATE positions AS p SET {_set(_HELD)}, updated_at = ${_P - 1}"
+    f" FROM {_rows(_MOVED, _P)}"
+    " WHERE p.exchange = u.exchange AND p.symbol = u.symbol),"
+    f" changed AS (UPDATE orders AS o SET {_set(_RECORDED)}, updated_at = ${_P - 1}"
+    f" FROM {_rows(_CHANGED, _O)} WHERE o.id = u.id),"
+    f" queued AS (INSERT INTO {outbox.QUEUE_COLUMNS} SELECT ${_E}, u.payload, 0"
+    f" FROM unnest(${_E + 1}::jsonb[]) WITH ORDINALITY AS u (payload, n) ORDER BY u.n)"
+    " SELECT 1"
 )
 
 
-async def add_fills(connection: asyncpg.Connection, fills: Sequence[dict[str, Any]]) -> None:
-    """Insert new fills (one pipelined round trip). No ON CONFLICT: the caller looked them
-    up under the order and position locks (`recorded_trades`), so a trade recorded twice
-    would be a bug, and fails the whole transaction rather than move a position twice."""
-    if fills:
-        await connection.executemany(
-            _ADD_FILL, [tuple(fill[name] for name in _FILL_COLUMNS) for fill in fills]
-        )
+async def save_recording(
+    connection: asyncpg.Connection,
+    fills: Sequence[dict[str, Any]],
+    positions: Sequence[Position],
+    orders: Sequence[Order],
+    service: str,
+    events: Sequence[AuditEventIn],
+) -> None:
+    """Write what recording a batch of answers changed, in one round trip (a statement
+    per table was three more, each waiting for a busy event loop): the new `fills`, what
+    changed in `positions` and `orders`, and `service`'s audit `events` (queued in this
+    order). No ON CONFLICT for the fills: the caller looked them up under the order and
+    position locks (`recorded_trades`), so a trade recorded twice would be a bug, and
+    fails the whole transaction rather than move a position twice."""
+    now = datetime.now(UTC)
+    for pos in positions:
+        pos.updated_at = now
+    for order in orders:
+        order.updated_at = now
+    await connection.execute(
+        _SAVE_RECORDING,
+        *_columns([tuple(fill[name] for name in _FILL_COLUMNS) for fill in fills], _FILL_COLUMNS),
+        now,
+        *_columns([(p.exchange, p.symbol, *held_state(p)) for p in positions], _MOVED),
+        *_columns([(o.id, *recorded(o)) for o in orders], _CHANGED),
+        service,
+        [outbox.queued(event) for event in events],
+    )
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], names: Sequence[str]) -> list[list[Any]]:
+    """`rows` as one list per column (the arrays `unnest` takes)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in names]
 
 
 async def positions(connection: asyncpg.Connection, exchange: str) -> list[Position]:
