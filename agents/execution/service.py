@@ -214,12 +214,12 @@ class OrderService:
         async with self.loop_db.transaction() as connection:
             events = [_requested(one, actor) for one in values]
             found = await repo.claim(connection, values, SERVICE, events)
-        claimed = []
-        for one, order in zip(values, found, strict=True):
-            if order is None:
-                raise Conflict(f"client order id {one['client_order_id']!r} is taken")
-            claimed.append(order)
-        return claimed
+            claimed = []
+            for one, order in zip(values, found, strict=True):
+                if order is None:  # (raised in the transaction: the others are undone)
+                    raise Conflict(f"client order id {one['client_order_id']!r} is taken")
+                claimed.append(order)
+            return claimed
 
     def _finish(self, order_id: int, status: str, reason: str, actor: str) -> Order:
         with self.sessions.begin() as session:

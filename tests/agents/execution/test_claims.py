@@ -13,7 +13,7 @@ from sqlalchemy import text
 from agents.execution import repository as repo
 from agents.execution.service import OrderService, _requested
 from common.db import LoopDatabase
-from common.errors import ServiceUnavailable
+from common.errors import Conflict, ServiceUnavailable
 from common.models import Order
 from tests.agents.execution.fleet import new_cid
 from tests.conftest import Stack
@@ -136,3 +136,27 @@ def test_claims_fail_closed_when_the_database_is_out_of_reach(stack: Stack) -> N
     service = OrderService(None, db, None, None)  # type: ignore[arg-type]
     with pytest.raises(ServiceUnavailable, match="database unavailable"):
         asyncio.run(service.claim(values(new_cid()), "tester"))
+
+
+def test_legs_claimed_together_are_all_claimed_or_none(stack: Stack) -> None:
+    """`claim_all` (a pair of protective legs): one client id taken → a 409 and the other
+    leg is not stored either."""
+    taken, fresh = new_cid("taken"), new_cid("leg")
+
+    async def claim_legs() -> None:
+        db = LoopDatabase(stack.settings.resolved_database_url(), size=1)
+        await db.open()
+        service = OrderService(None, db, None, None)  # type: ignore[arg-type]
+        try:
+            assert await service.claim(values(taken), "tester") is not None
+            await service.claim_all([values(fresh), values(taken)], "tester")
+        finally:
+            await db.close()
+
+    try:
+        with pytest.raises(Conflict, match=taken):
+            asyncio.run(claim_legs())
+        rows, _ = stored(stack, [taken, fresh])
+    finally:
+        forget(stack, [taken, fresh])
+    assert [cid for _, cid in rows] == [taken]
