@@ -186,8 +186,10 @@ class Brackets:
             answers = await self._create(adapter, claimed, want)
         if answers is None:
             return
-        for leg, ex in zip(claimed, answers, strict=True):
-            await self.orders.record(leg.id, ex)
+        # Both legs in one transaction: a reader sees the pair open, never one leg of it.
+        await self.orders.record_all(
+            [(leg.id, ex) for leg, ex in zip(claimed, answers, strict=True)]
+        )
         self.refused.pop((exchange, symbol), None)
         self.orders.wake_relay()
 
