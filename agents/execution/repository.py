@@ -80,6 +80,7 @@ async def claim(
         first.add(one["client_order_id"])
         queued_rows.append(f"(${len(args) + 1}::varchar, ${len(args) + 2}::jsonb)")
         args.extend((one["client_order_id"], outbox.queued(event)))
+    # (A statement per batch size: asyncpg prepares each once per connection and keeps it.)
     found = await connection.fetch(
         f"WITH claimed AS (INSERT INTO orders ({', '.join(names)})"  # noqa: S608
         f" VALUES {', '.join(claimed_rows)}"
@@ -177,16 +178,10 @@ _FILL_COLUMNS = (
     "realized_pnl",
     "filled_at",
 )
-_TYPES = {
-    "order_id": "bigint",
-    "id": "bigint",
-    "filled_at": "timestamptz",
-    **dict.fromkeys(
-        ("amount", "price", "fee", "realized_pnl", "filled", "average_price", "entry_price"),
-        "numeric",
-    ),
-    **dict.fromkeys(("stop_loss", "take_profit", "trailing_stop_pct", "trail_extreme"), "numeric"),
-}
+_NUMERIC = ("amount", "price", "fee", "realized_pnl", "filled", "average_price", *_HELD)
+# The arrays' types, by column (any other column is text).
+_TYPES = {"order_id": "bigint", "id": "bigint", "filled_at": "timestamptz"}
+_TYPES.update(dict.fromkeys(_NUMERIC, "numeric"))
 
 
 def _rows(names: Sequence[str], first: int) -> str:
