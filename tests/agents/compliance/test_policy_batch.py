@@ -122,6 +122,14 @@ def test_checks_failed_lists_only_the_failures_and_audits_every_result(
         }
 
 
+def test_checks_listing_other_than_all_or_failed_is_a_422(stack: Stack) -> None:
+    body = order()
+    response = batch(stack, [body], checks="passed")
+    assert response.status_code == 422, response.text
+    assert "checks" in response.text and "'all' or 'failed'" in response.text
+    assert policy_events(stack, body["client_order_id"]) == []  # nothing judged
+
+
 @pytest.mark.parametrize(
     ("count", "says"),
     [(0, "at least 1 item"), (65, "at most 64 items"), ("twice", "is in the batch twice")],

@@ -18,7 +18,10 @@ from common.models import Order
 from tests.agents.execution.fleet import new_cid
 from tests.conftest import Stack
 
-SERVICE = "test-claims"  # its queued events are ours to read: no relay sends them
+# Claims made through the repository queue their events under this name: ours to read,
+# no relay sends them. (Through OrderService they are execution's, relayed to compliance
+# as any; the order rows are deleted after each test.)
+SERVICE = "test-claims"
 
 
 def values(cid: str, **changes: Any) -> dict[str, Any]:
