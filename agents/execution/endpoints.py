@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from agents.execution.exchange.errors import ExchangeError
 from agents.execution.repository import list_orders
 from agents.execution.schemas import (
+    ArmedFault,
     BalanceOut,
     CancelAllResult,
     ClosePositions,
@@ -268,6 +269,21 @@ async def inject_fault(body: FaultRequest, caller: CallerDep, orders: OrdersDep)
     sim = orders.exchanges.get("sim")
     hang = {} if body.hang_seconds is None else {"hang_s": body.hang_seconds}
     sim.inject_fault(body.kind, op=body.op, times=body.times, **hang)  # type: ignore[attr-defined]
+
+
+@router.get("/exchanges/sim/faults", response_model=list[ArmedFault], tags=["exchanges"])
+async def armed_faults(orders: OrdersDep) -> list[ArmedFault]:
+    """The faults still armed on the simulated exchange, in the order they apply."""
+    sim = orders.exchanges.get("sim")
+    return [
+        ArmedFault(
+            kind=fault.kind,
+            op=fault.op,
+            times=fault.times,
+            hang_seconds=fault.hang_s if fault.kind == "hang_after_accept" else None,
+        )
+        for fault in sim.armed_faults()  # type: ignore[attr-defined]
+    ]
 
 
 @router.delete("/exchanges/sim/faults", status_code=204, tags=["exchanges"])

@@ -174,3 +174,12 @@ class FaultRequest(BaseModel):
         if self.hang_seconds is not None and self.kind != "hang_after_accept":
             raise ValueError("hang_seconds applies to kind hang_after_accept only")
         return self
+
+
+class ArmedFault(BaseModel):
+    """A fault still armed on the sim: the next `times` calls of `op` fail with `kind`."""
+
+    kind: str
+    op: str
+    times: int
+    hang_seconds: float | None = Field(description="hang_after_accept only")

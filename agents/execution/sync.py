@@ -158,10 +158,7 @@ class Reconciler:
         with self.orders.sessions.begin() as session:
             pos = repo.position(session, exchange, symbol)
             long = pos.amount > 0
-            if pos.trailing_stop_pct is not None and pos.trail_extreme is not None:
-                better = mark > pos.trail_extreme if long else mark < pos.trail_extreme
-                if better:
-                    pos.trail_extreme = mark
+            _trail(pos, mark, long)
             hit = _triggered(pos, mark, long, trailing_only)
             if hit:  # disarm in the same transaction: a second look finds nothing to fire
                 pos.stop_loss = pos.take_profit = pos.trailing_stop_pct = None
@@ -307,6 +304,15 @@ class Reconciler:
                 log.warning("sync failed", extra={"reason": str(exc)})
             except Exception:
                 log.exception("sync crashed; continuing")
+
+
+def _trail(pos: Position, mark: Decimal, long: bool) -> None:
+    """A trailing stop follows the best price since entry: the highest of a long, the
+    lowest of a short. It never moves back."""
+    if pos.trailing_stop_pct is None or pos.trail_extreme is None:
+        return
+    if mark > pos.trail_extreme if long else mark < pos.trail_extreme:
+        pos.trail_extreme = mark
 
 
 def _triggered(pos: Position, mark: Decimal, long: bool, trailing_only: bool) -> str | None:

@@ -17,7 +17,7 @@ import functools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -82,7 +82,9 @@ MAX_OHLCV_LIMIT = 5000
 
 
 @dataclass
-class _Fault:
+class Fault:
+    """A fault armed on the sim: the next `times` calls of `op` fail with `kind`."""
+
     kind: str
     op: str
     times: int
@@ -166,7 +168,7 @@ class SimExchange(ExchangeAdapter):
         self._specs = {spec.symbol: spec for spec in markets}
         self._markets = {s: spec.market(self.fees) for s, spec in self._specs.items()}
         self._paths = {s: shared_path(seed, s, spec.model) for s, spec in self._specs.items()}
-        self._faults: list[_Fault] = []
+        self._faults: list[Fault] = []
         self._lock = asyncio.Lock()
         self._changes = self._written = 0  # changes staged, and those on disk
         self._writing: asyncio.Future[None] | None = None
@@ -204,12 +206,16 @@ class SimExchange(ExchangeAdapter):
             raise ValueError("times must be at least 1")
         if hang_s <= 0:
             raise ValueError("hang_s must be positive")
-        self._faults.append(_Fault(kind, op, times, hang_s))
+        self._faults.append(Fault(kind, op, times, hang_s))
 
     def clear_faults(self) -> None:
         self._faults.clear()
 
-    def _take_fault(self, op: str) -> _Fault | None:
+    def armed_faults(self) -> list[Fault]:
+        """The faults still armed, in the order they apply (copies)."""
+        return [replace(fault) for fault in self._faults]
+
+    def _take_fault(self, op: str) -> Fault | None:
         for fault in self._faults:
             if fault.op in (op, "*"):
                 fault.times -= 1

@@ -127,6 +127,45 @@ def test_a_leg_that_fires_closes_the_position_on_the_exchange(stack: Stack) -> N
     assert len(exits) == 2
 
 
+def test_a_trailing_stop_is_watched_by_execution_and_closes_the_position_once(
+    stack: Stack,
+) -> None:
+    eth = "ETH/USDT"
+    _flat(stack, eth)
+    # A trail of 0.02 %: the price gives that back from its best within seconds.
+    placed = order(stack, symbol=eth, amount="0.01", trailing_stop_pct="0.0002")
+    assert placed.status_code == 201 and placed.json()["status"] == "filled", placed.text
+    position = _position(stack, eth)
+    assert position is not None and position["protected_by"] == "execution"
+    assert Decimal(position["trailing_stop_pct"]) == Decimal("0.0002")
+    assert _legs(stack, eth) == []  # a trailing stop never rests on the exchange
+    stack.wait_for(
+        lambda: _position(stack, eth) is None,
+        timeout=120,
+        what="the trailing stop to fire and close the position",
+    )
+    with stack.engine().connect() as conn:
+        exits = conn.execute(
+            text(
+                "SELECT role, side, status, amount, reason FROM orders"
+                " WHERE symbol = :s AND id > :i ORDER BY id"
+            ),
+            {"s": eth, "i": placed.json()["id"]},
+        ).all()
+    assert [(e.role, e.side, e.status, e.amount) for e in exits] == [
+        ("trailing_stop", "sell", "filled", Decimal("0.01"))
+    ]
+    assert exits[0].reason.startswith("trailing_stop at ")
+
+    def triggered() -> list[dict[str, Any]] | None:
+        query = {"kind": "position.exit_triggered", "subject": f"sim:{eth}"}
+        page = stack.get("compliance", "/audit", params=query)
+        items = [e for e in page.json()["items"] if e["data"]["trigger"] == "trailing_stop"]
+        return items or None
+
+    stack.wait_for(triggered, timeout=30, what="the trigger in the audit trail")
+
+
 def test_a_halt_cancels_the_legs_and_execution_watches_until_resume(stack: Stack) -> None:
     _flat(stack)
     stop, target = _prices(stack, "0.9", "1.1")

@@ -68,9 +68,23 @@ def test_twenty_concurrent_requests_with_one_client_id_make_one_order(stack: Sta
             ),
             {"c": cid},
         ).scalar_one()
-    assert fills >= 1
+    assert fills == 1  # one market order of 0.001, one trade: it went to the exchange once
     trades = stack.get("execution", "/orders/sim?limit=1000").json()
     assert [o["client_order_id"] for o in trades].count(cid) == 1
+    placed = stack.get("execution", f"/orders/sim/{responses[0].json()['id']}").json()
+    assert placed["status"] == "filled" and Decimal(placed["filled"]) == Decimal("0.001")
+
+    def requested() -> list[str] | None:
+        page = stack.get("compliance", f"/audit?subject={cid}&order=asc").json()
+        kinds = [e["kind"] for e in page["items"]]
+        return (
+            kinds if {"order.completed", "risk.checked", "policy.checked"} <= set(kinds) else None
+        )
+
+    kinds = stack.wait_for(requested, timeout=30, what="the order's audit trail")
+    assert [kinds.count(k) for k in ("order.requested", "risk.checked", "policy.checked")] == [
+        1
+    ] * 3
 
 
 def test_same_client_id_for_a_different_order_is_a_conflict(stack: Stack) -> None:
@@ -82,6 +96,8 @@ def test_same_client_id_for_a_different_order_is_a_conflict(stack: Stack) -> Non
 
 def test_timeout_after_accept_is_reconciled_without_a_second_create(stack: Stack) -> None:
     stack.post("execution", "/exchanges/sim/faults", {"kind": "timeout_after_accept"})
+    # Armed behind it: a second create would use this up (and be refused).
+    stack.post("execution", "/exchanges/sim/faults", {"kind": "reject"})
     cid = new_cid("tmo")
     response = order(stack, amount="0.001", client_order_id=cid)
     assert response.status_code == 202, response.text
@@ -96,9 +112,28 @@ def test_timeout_after_accept_is_reconciled_without_a_second_create(stack: Stack
     assert Decimal(str(final["filled"])) == Decimal("0.001")
     again = order(stack, amount="0.001", client_order_id=cid)
     assert again.status_code == 200 and again.json()["id"] == oid
+    # The exchange saw one create: the fault armed for a second one is still there.
+    armed = stack.get("execution", "/exchanges/sim/faults").json()
+    assert [(f["kind"], f["op"], f["times"]) for f in armed] == [("reject", "create_order", 1)]
+
+
+def test_armed_faults_are_listed_and_cleared(stack: Stack) -> None:
+    faults = "/exchanges/sim/faults"
+    hang = {"kind": "hang_after_accept", "op": "cancel_order", "hang_seconds": 2}
+    assert stack.post("execution", faults, hang).status_code == 204
+    assert stack.post("execution", faults, {"kind": "network_error", "times": 3}).status_code == 204
+    assert stack.get("execution", faults).json() == [
+        {"kind": "hang_after_accept", "op": "cancel_order", "times": 1, "hang_seconds": 2.0},
+        {"kind": "network_error", "op": "create_order", "times": 3, "hang_seconds": None},
+    ]
+    cleared = httpx.delete(stack.url("execution") + faults, headers=stack.auth(), timeout=10)
+    assert cleared.status_code == 204
+    assert stack.get("execution", faults).json() == []
 
 
 def test_killed_between_accept_and_record_recovers_exactly_once(stack: Stack) -> None:
+    held_before = _held(stack, "BTC/USDT")
+    coins_before = _coins(stack, "BTC")
     stack.post("execution", "/exchanges/sim/faults", {"kind": "hang_after_accept"})
     cid = new_cid("kill")
     pid = stack.get("execution", "/info").json()["pid"]
@@ -132,6 +167,45 @@ def test_killed_between_accept_and_record_recovers_exactly_once(stack: Stack) ->
             text("SELECT sum(amount) FROM fills WHERE order_id = :i"), {"i": rows[0].id}
         ).scalar_one()
     assert fills == Decimal("0.002")
+    # The ledger's position and the exchange's account both moved by the order, once.
+    assert _held(stack, "BTC/USDT") - held_before == Decimal("0.002")
+    assert _coins(stack, "BTC") - coins_before == Decimal("0.002")
+
+
+def _held(stack: Stack, symbol: str) -> Decimal:
+    """Our position's amount in `symbol` on the sim, as execution's ledger has it."""
+    for position in stack.get("execution", "/positions/sim").json():
+        if position["symbol"] == symbol:
+            return Decimal(position["amount"])
+    return Decimal(0)
+
+
+def _coins(stack: Stack, asset: str) -> Decimal:
+    """The sim account's total of `asset`, as the exchange reports it."""
+    balances = stack.get("execution", "/balance/sim").json()["balances"]
+    return Decimal(balances.get(asset, {}).get("total", 0))
+
+
+def test_an_exchange_refusing_our_keys_halts_trading(stack: Stack) -> None:
+    """An authentication error from the exchange stops everything through risk: the order
+    is refused with 503, and risk is HALTED, naming the credentials, until a resume."""
+    stack.post("execution", "/exchanges/sim/faults", {"kind": "auth_error"})
+    cid = new_cid("auth")
+    try:
+        response = order(stack, amount="0.001", client_order_id=cid)
+        assert response.status_code == 503, response.text
+        assert "sim authentication failed; trading halted" in response.json()["detail"]
+        state = stack.get("risk", "/state").json()
+        assert state["state"] == "HALTED", state
+        assert "sim rejected our credentials" in state["reason"], state
+        again = order(stack, amount="0.001", client_order_id=cid)
+        assert again.status_code == 200 and again.json()["status"] == "rejected"
+        assert "auth_error" in again.json()["reason"]
+        refused = order(stack, amount="0.001", client_order_id=new_cid("auth"))
+        assert refused.status_code == 409 and "credentials" in refused.json()["detail"]
+    finally:
+        stack.post("risk", "/resume", {"reason": "keys fixed"}).raise_for_status()
+    assert order(stack, amount="0.001", client_order_id=new_cid("auth")).status_code == 201
 
 
 def test_wash_trade_rule_sees_a_limit_order_still_on_its_way(stack: Stack) -> None:
@@ -219,6 +293,30 @@ def test_order_refused_with_503_when_a_guard_is_down(stack: Stack, agent: str) -
         stack.wait_for(lambda: stack.healthy(agent), timeout=60, what=f"{agent} back")
 
 
+def test_order_refused_with_503_while_the_database_is_down(stack: Stack) -> None:
+    stack.volex("stop", "postgres")
+    try:
+        response = order(stack, amount="0.001", client_order_id=new_cid("nodb"))
+        assert response.status_code == 503, response.text
+        assert "database unavailable" in response.json()["detail"]
+    finally:
+        stack.volex("start", "postgres")
+        stack.wait_for(stack.all_healthy, timeout=90, what="the fleet back with its database")
+    assert order(stack, amount="0.001", client_order_id=new_cid("nodb")).status_code == 201
+
+
+def test_paper_trading_goes_on_while_vault_is_down(stack: Stack) -> None:
+    """Vault holds live keys only; the sim needs none, so its orders still trade."""
+    stack.volex("stop", "vault")
+    try:
+        response = order(stack, amount="0.001", client_order_id=new_cid("novault"))
+        assert response.status_code == 201, response.text
+        assert response.json()["status"] == "filled"
+    finally:
+        stack.volex("start", "vault")
+        stack.wait_for(stack.all_healthy, timeout=90, what="the fleet back with Vault")
+
+
 def test_halt_with_flatten_then_restart_then_resume(stack: Stack) -> None:
     assert order(stack, amount="0.003", client_order_id=new_cid()).status_code == 201
     bid = Decimal(stack.get("execution", "/ticker/sim/BTC-USDT").json()["bid"])
@@ -242,9 +340,11 @@ def test_halt_with_flatten_then_restart_then_resume(stack: Stack) -> None:
         stack.wait_for(flat, timeout=30, what="zero open orders and zero positions")
         refused = order(stack, amount="0.001", client_order_id=new_cid())
         assert refused.status_code == 409 and "drill" in refused.json()["detail"]
-        for name in ("risk", "execution"):
+        # Every component, the servers first: the halt lives in PostgreSQL, not in a
+        # process (and not in Redis, which only carries the news of it).
+        for name in stack.state()["components"]:
             stack.volex("restart", name)
-        stack.wait_for(stack.all_healthy, timeout=90, what="fleet back after restarts")
+        stack.wait_for(stack.all_healthy, timeout=120, what="fleet back after restarts")
         assert stack.get("risk", "/state").json()["state"] == "HALTED"
         assert order(stack, amount="0.001", client_order_id=new_cid()).status_code == 409
     finally:

@@ -340,8 +340,45 @@ async def test_network_error_and_reject_leave_nothing_behind(make_sim: SimFactor
         sim.inject_fault("reject", op="withdraw")
 
 
-async def test_faults_on_any_call_and_latency(make_sim: SimFactory) -> None:
-    sim = make_sim(latency_ms=1)
+async def test_every_call_waits_the_latency(make_sim: SimFactory) -> None:
+    loop = asyncio.get_running_loop()
+    slow = make_sim(latency_ms=150)
+    started = loop.time()
+    await slow.fetch_ticker("BTC/USDT")
+    await slow.fetch_balance()
+    assert loop.time() - started >= 0.3  # 150 ms each
+    fast = make_sim("fast")
+    started = loop.time()
+    await fast.fetch_ticker("BTC/USDT")
+    assert loop.time() - started < 0.15
+
+
+async def test_armed_faults_are_listed_until_used_up(make_sim: SimFactory) -> None:
+    sim = make_sim()
+    sim.inject_fault("timeout_after_accept")
+    sim.inject_fault("reject", times=2)
+    sim.inject_fault("hang_after_accept", op="cancel_order", hang_s=3)
+    assert [(f.kind, f.op, f.times) for f in sim.armed_faults()] == [
+        ("timeout_after_accept", "create_order", 1),
+        ("reject", "create_order", 2),
+        ("hang_after_accept", "cancel_order", 1),
+    ]
+    assert sim.armed_faults()[2].hang_s == 3
+    with pytest.raises(ExchangeTimeout):
+        await sim.create_order("BTC/USDT", "buy", "market", D("0.002"), client_order_id="f1")
+    with pytest.raises(InvalidOrder):
+        await sim.create_order("BTC/USDT", "buy", "market", D("0.002"), client_order_id="f2")
+    assert [(f.kind, f.times) for f in sim.armed_faults()] == [
+        ("reject", 1),
+        ("hang_after_accept", 1),
+    ]
+    sim.armed_faults()[0].times = 99  # a copy: the list cannot re-arm the sim
+    sim.clear_faults()
+    assert sim.armed_faults() == []
+
+
+async def test_faults_on_any_call(make_sim: SimFactory) -> None:
+    sim = make_sim()
     sim.inject_fault("rate_limited", op="*")
     with pytest.raises(NetworkError) as caught:  # RateLimited is a NetworkError
         await sim.fetch_ticker("BTC/USDT")
