@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import hvac.exceptions
 import pytest
 from sqlalchemy import text
 
@@ -164,6 +165,46 @@ async def test_live_exchange_opens_with_vault_keys_and_fails_closed_without_vaul
         assert await registry.ensure("binance") is adapter
     finally:
         await registry.close()
+
+
+@pytest.mark.anyio
+async def test_keys_stored_for_a_testnet_open_the_exchange_in_sandbox_mode(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """`volex secrets set-exchange --sandbox` keys trade on the exchange's testnet: the
+    live connection opened with them points at it (no request is made here)."""
+    kv = stack.admin_vault().secrets.kv.v2
+    try:
+        saved = kv.read_secret_version(
+            path="exchanges/binance", mount_point="secret", raise_on_deleted_version=True
+        )
+    except hvac.exceptions.InvalidPath:
+        saved = None
+
+    async def opened(*flags: str) -> str:
+        stack.volex("secrets", "set-exchange", "binance", *flags, input="k\ns\n")
+        settings = ExecutionSettings(home=tmp_path, live_trading=True)
+        vault = VaultClient(
+            stack.settings.resolved_vault_addr(), stack.settings.approle_file("execution")
+        )
+        registry = ExchangeRegistry(settings, vault)
+        try:
+            adapter = await registry.ensure("binance")
+            assert registry.modes["binance"] == "live"
+            api: str = adapter.client.urls["api"]["public"]  # type: ignore[attr-defined]
+            return api
+        finally:
+            await registry.close()
+
+    try:
+        assert (await opened()).startswith("https://api.binance.com")
+        assert (await opened("--sandbox")).startswith("https://testnet.binance.vision")
+    finally:
+        if saved is None:
+            kv.delete_metadata_and_all_versions(path="exchanges/binance", mount_point="secret")
+        else:
+            keys = saved["data"]["data"]
+            kv.create_or_update_secret(path="exchanges/binance", secret=keys, mount_point="secret")
 
 
 # --- live trading through a live execution service ---------------------------------------

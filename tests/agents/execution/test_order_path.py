@@ -272,6 +272,14 @@ def _cancel_once_resting(stack: Stack, order_id: int) -> None:
         stack.url("execution") + f"/orders/sim/{order_id}", headers=stack.auth(), timeout=10
     )
     assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled"
+    cid = response.json()["client_order_id"]
+
+    def audited() -> bool:
+        page = stack.get("compliance", "/audit", params={"subject": cid, "kind": "order.cancelled"})
+        return len(page.json()["items"]) == 1
+
+    stack.wait_for(audited, timeout=30, what="the cancel in the audit trail at compliance")
 
 
 def test_a_chosen_hang_is_for_hang_faults_only(stack: Stack) -> None:
