@@ -376,11 +376,15 @@ def test_price_collar(risk: Risk) -> None:
 def test_amount_step(risk: Risk) -> None:
     decision = rejected_by(risk, risk.order(amount="0.050005"), "amount_step")
     assert "is not a multiple of amount_step 0.00001" in detail(decision, "amount_step")
+    approved(risk, risk.order(amount="0.05001"))  # the step's last digit, and trailing zeros
+    approved(risk, risk.order(amount="0.0500100"))
 
 
 def test_price_step(risk: Risk) -> None:
     decision = rejected_by(risk, risk.order(price="50000.005"), "price_step")
     assert "50000.005 is not a multiple of price_step 0.01" in detail(decision, "price_step")
+    approved(risk, risk.order(price="50000.01"))
+    approved(risk, risk.order(price="50000.0100"))
 
 
 def test_min_amount(risk: Risk) -> None:
