@@ -11,6 +11,7 @@ from agents.execution.repository import list_orders
 from agents.execution.schemas import (
     ArmedFault,
     BalanceOut,
+    CancelAll,
     CancelAllResult,
     ClosePositions,
     CloseResult,
@@ -118,10 +119,16 @@ def _get(reconciler: Reconciler, exchange: str, order_id: int) -> Order:
 
 
 @router.post("/orders/{exchange}/cancel-all", response_model=CancelAllResult, tags=["orders"])
-async def cancel_all(exchange: str, reconciler: ReconcilerDep) -> CancelAllResult:
-    """Cancel every open order on an exchange."""
-    reconciler.orders.exchanges.get(exchange)
-    cancelled, errors = await reconciler.cancel_all(exchange)
+async def cancel_all(
+    exchange: str, reconciler: ReconcilerDep, body: CancelAll | None = None
+) -> CancelAllResult:
+    """Cancel every open order on an exchange, or on one of its symbols."""
+    exchanges = reconciler.orders.exchanges
+    exchanges.get(exchange)
+    symbol = None if body is None else body.symbol
+    if symbol is not None:
+        await exchanges.market(exchange, symbol)  # 422 for a symbol it does not list
+    cancelled, errors = await reconciler.cancel_all(exchange, symbol)
     return CancelAllResult(
         cancelled=[OrderView.model_validate(o) for o in cancelled], errors=errors
     )

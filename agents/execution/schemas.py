@@ -13,7 +13,8 @@ CLIENT_ORDER_ID = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
 class OrderRequest(BaseModel):
-    """A new order. Give `amount` (base currency) or `quote_amount` (e.g. USDT to spend)."""
+    """A new order. Give `amount` (base currency) or, for a market order, `quote_amount`:
+    its cost in the quote currency (e.g. 50 USDT; the fee is charged on top)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -22,7 +23,11 @@ class OrderRequest(BaseModel):
     side: OrderSide
     type: OrderType = OrderType.market
     amount: Positive | None = None
-    quote_amount: Positive | None = None
+    quote_amount: Positive | None = Field(
+        default=None,
+        description="market orders: the cost in the quote currency, converted to an amount "
+        "at the reference price and rounded down to the amount step (the fee is on top)",
+    )
     price: Positive | None = None
     stop_price: Positive | None = None
     client_order_id: str | None = Field(default=None, pattern=CLIENT_ORDER_ID)
@@ -103,6 +108,12 @@ class ClosePositions(BaseModel):
 class CloseResult(BaseModel):
     orders: list[OrderView]
     errors: list[str] = []
+
+
+class CancelAll(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    symbol: str | None = Field(default=None, pattern=SYMBOL_PATTERN, description="omit: all")
 
 
 class CancelAllResult(BaseModel):

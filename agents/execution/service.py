@@ -497,10 +497,10 @@ class OrderService:
                 if attempt == 1 and order.role == "entry" and await self.make_way(order):
                     continue
                 await self.db(self._finish, order.id, "rejected", str(exc), SERVICE)
-                raise Unprocessable(f"{order.exchange} refused the order: {exc}") from exc
+                raise _refused(order.exchange, exc) from exc
             except InvalidOrder as exc:
                 await self.db(self._finish, order.id, "rejected", str(exc), SERVICE)
-                raise Unprocessable(f"{order.exchange} refused the order: {exc}") from exc
+                raise _refused(order.exchange, exc) from exc
             except AuthenticationError as exc:
                 await self.db(self._finish, order.id, "rejected", str(exc), SERVICE)
                 await self.halt(f"{order.exchange} rejected our credentials: {exc}")
@@ -704,6 +704,14 @@ class OrderService:
             await self.agents.risk.post("/halt", json={"reason": reason, "flatten": False})
         except VolexError as exc:
             log.error("could not halt trading through risk", extra={"reason": exc.message})
+
+
+def _refused(exchange: str, exc: ExchangeError) -> Unprocessable:
+    """The exchange's refusal of an order, for its caller: a 422 titled as the exchange's
+    error ("Insufficient funds", "Order refused by the exchange"), with its reason."""
+    refused = Unprocessable(f"{exchange} refused the order: {exc}")
+    refused.title = exc.title
+    return refused
 
 
 # An exchange's answer to an order just sent: (order id, answer, the recorded order).

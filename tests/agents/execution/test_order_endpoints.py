@@ -134,9 +134,8 @@ def _bought(stack: Stack, symbol: str, amount: str) -> dict[str, Any]:
 def test_cancel_all_takes_every_resting_order_off_the_book_and_frees_their_funds(
     stack: Stack,
 ) -> None:
-    """POST /orders/sim/cancel-all (it takes no body: there is no symbol filter) cancels
-    every resting order on the exchange, on every symbol, and the sim releases what they
-    held."""
+    """POST /orders/sim/cancel-all without a symbol cancels every resting order on the
+    exchange, on every symbol, and the sim releases what they held."""
     before = _balance(stack, "USDT")
     with _limits(stack, price_collar_pct="0.6"):  # (rest them far from the price)
         placed = [
@@ -169,6 +168,31 @@ def test_cancel_all_takes_every_resting_order_off_the_book_and_frees_their_funds
     finally:
         for oid in ids:
             _cancel(stack, oid)
+
+
+def test_cancel_all_of_one_symbol_leaves_the_others(stack: Stack) -> None:
+    with _limits(stack, price_collar_pct="0.6"):
+        btc = _rest_buy(stack, "BTC/USDT", "0.001", "0.5")
+        eth = [_rest_buy(stack, "ETH/USDT", amount, "0.5") for amount in ("0.01", "0.011")]
+    try:
+        url = "/orders/sim/cancel-all"
+        # Nothing is cancelled on a body that does not say what it means.
+        for body, field in [({"symbol": "eth"}, "symbol"), ({"symbols": ["ETH/USDT"]}, "symbols")]:
+            refused = stack.post("execution", url, body)
+            assert refused.status_code == 422 and field in refused.json()["detail"], refused.text
+        unknown = stack.post("execution", url, {"symbol": "DOGE/EUR"})
+        assert unknown.status_code == 422 and "DOGE/EUR" in unknown.json()["detail"]
+        assert _stored(stack, btc["id"])["status"] == "open"
+
+        response = stack.post("execution", url, {"symbol": "ETH/USDT"})
+        assert response.status_code == 200, response.text
+        assert sorted(o["id"] for o in response.json()["cancelled"]) == [o["id"] for o in eth]
+        assert [_stored(stack, o["id"])["status"] for o in eth] == ["cancelled"] * 2
+        assert _stored(stack, btc["id"])["status"] == "open"
+        assert [o["id"] for o in _open_orders(stack)] == [btc["id"]]
+    finally:
+        for placed in (btc, *eth):
+            _cancel(stack, placed["id"])
 
 
 # --- exchanges -----------------------------------------------------------------------------
@@ -333,6 +357,7 @@ def test_an_order_the_exchange_rejects_is_a_422_with_its_reason(stack: Stack) ->
     assert response.status_code == 422, response.text
     reason = "sim: injected reject on create_order: request rejected by the exchange"
     assert response.json()["detail"] == f"sim refused the order: {reason}", response.text
+    assert response.json()["title"] == "Order refused by the exchange"
 
     listed = stack.get("execution", "/orders/sim?symbol=BTC-USDT&status=rejected&limit=1000")
     [stored] = [o for o in listed.json() if o["client_order_id"] == cid]
@@ -380,6 +405,7 @@ def test_a_sale_of_coins_the_account_does_not_hold_is_refused_for_funds(stack: S
     response = order(stack, symbol=eth, side="sell", amount="0.005", client_order_id=cid)
     assert response.status_code == 422, response.text
     detail = response.json()["detail"]
+    assert response.json()["title"] == "Insufficient funds"  # a client can tell, untold text
     said = _FUNDS.fullmatch(detail)
     assert said is not None, detail
     assert (said["side"], said["symbol"], said["currency"]) == ("sell", eth, "ETH"), detail
