@@ -9,7 +9,7 @@ from. The other statements (the reconciler's reads, brackets, the endpoints) use
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -275,10 +275,11 @@ async def live(
     return [_order(row) for row in rows]
 
 
-async def realized_since(connection: asyncpg.Connection, since: datetime) -> Decimal:
-    """Realized PnL of the fills since `since`, on every exchange."""
+async def realized_on(connection: asyncpg.Connection, day: date) -> Decimal:
+    """Realized PnL of the fills on UTC `day`, on every exchange: one row, kept by the
+    database as fills are written (`realized_pnl_days`)."""
     total = await connection.fetchval(
-        "SELECT coalesce(sum(realized_pnl), 0) FROM fills WHERE filled_at >= $1", since
+        "SELECT coalesce((SELECT realized FROM realized_pnl_days WHERE day = $1), 0)", day
     )
     return Decimal(total)
 

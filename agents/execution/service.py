@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -627,7 +627,7 @@ class OrderService:
         adapter = self.exchanges.get(exchange)
         # Before the ledger is read: an order recorded in between counts twice, never not at all.
         on_their_way = [w for w in self.approved.values() if w.open.exchange == exchange]
-        today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        today = datetime.now(UTC).date()
         # The exchange and the ledger are read at once (one after the other, the exchange's
         # wait for its journal and the ledger's round trips added up under load).
         balances, (rows, realized, live) = await asyncio.gather(
@@ -680,12 +680,12 @@ class OrderService:
         return view, resting
 
     async def _book(
-        self, exchange: str, since: datetime
+        self, exchange: str, today: date
     ) -> tuple[list[Position], Decimal, list[Order]]:
         """Positions, today's realized PnL and our open orders, on one connection."""
         async with self.loop_db.connection() as connection:
             rows = await repo.positions(connection, exchange)
-            realized = await repo.realized_since(connection, since)
+            realized = await repo.realized_on(connection, today)
             live = await repo.live(connection, exchange, with_unknown=True)
         return rows, realized, live
 

@@ -10,7 +10,7 @@ from common.models.compliance import (
     CompliancePolicy,
     PolicyDecision,
 )
-from common.models.execution import Fill, Order, Position
+from common.models.execution import Fill, Order, Position, RealizedPnlDay
 from common.models.market_data import Ohlcv, OhlcvFetchJob
 from common.models.outbox import OutboxEvent
 from common.models.risk import (
@@ -43,6 +43,7 @@ __all__ = [
     "OutboxEvent",
     "PolicyDecision",
     "Position",
+    "RealizedPnlDay",
     "RiskAccountPeak",
     "RiskCheck",
     "RiskEquityPeak",

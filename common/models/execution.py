@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -100,6 +101,18 @@ class Fill(Base):
     fee_currency: Mapped[str] = mapped_column(String(20))
     realized_pnl: Mapped[Decimal] = mapped_column(ledger_numeric(), default=Decimal(0))
     filled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RealizedPnlDay(Base):
+    """Realized PnL per UTC day, on every exchange: what risk's daily loss limit reads on
+    each approval, one row instead of a sum over the day's fills. Kept by triggers on
+    `fills` (migration execution_0004): every insert, update and delete of a fill moves
+    its day's total, so nothing writes this table but the database itself."""
+
+    __tablename__ = "realized_pnl_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    realized: Mapped[Decimal] = mapped_column(ledger_numeric())
 
 
 class Position(Base):
