@@ -118,6 +118,12 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=400)
     parser.add_argument("--concurrent-orders", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument(
+        "--fills-today",
+        type=int,
+        default=0,
+        help="fills already recorded today before the runs (a busy day's ledger)",
+    )
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="volex-bench-")) / "home"
@@ -161,6 +167,8 @@ def main() -> None:
         def warm(i: int) -> dict[str, str]:
             return {**order(i), "client_order_id": f"w-{run}-{i}"}
 
+        if args.fills_today:
+            add_history(settings.resolved_database_url(), args.fills_today)
         asyncio.run(sequential(orders_url, headers, 20, warm))
         # Coins to sell from the start: with 32 clients a sell can reach the exchange
         # before the buys ahead of it in the queue, and spot cannot sell what it lacks.
@@ -262,6 +270,35 @@ def main() -> None:
         f"approvals with {args.clients} clients: {batches[0]:.0f} batches for "
         f"{batches[1]:.0f} orders (mean {batches[1] / max(batches[0], 1):.1f} per batch)"
     )
+
+
+def add_history(database_url: str, fills: int) -> None:
+    """`fills` trades of one order, all today (UTC), on an exchange of their own: what a
+    busy day leaves in the ledger by the time these orders come (positions untouched)."""
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        order_id = conn.execute(
+            text(
+                "INSERT INTO orders (client_order_id, exchange, symbol, side, type, amount,"
+                " status, filled, fee, reduce_only, role, requested_by) VALUES"
+                " ('bench-history', 'bench-history', 'BTC/USDT', 'buy', 'market', :n,"
+                " 'filled', :n, 0, false, 'entry', 'bench') RETURNING id"
+            ),
+            {"n": fills},
+        ).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO fills (order_id, exchange, trade_id, symbol, side, amount, price,"
+                " fee, fee_currency, realized_pnl, filled_at)"
+                " SELECT :o, 'bench-history', 'h-' || g, 'BTC/USDT', 'buy', 1, 50000, 0.05,"
+                " 'USDT', 0.01, greatest(date_trunc('day', now()), now() - g * interval '10 ms')"
+                " FROM generate_series(1, :n) AS g"
+            ),
+            {"o": order_id, "n": fills},
+        )
+        conn.execute(text("VACUUM ANALYZE fills"))  # index-only scans at their best
+    engine.dispose()
+    print(f"ledger: {fills} fills already recorded today")
 
 
 def start_skeleton(engine: Engine, database_url: str) -> list[subprocess.Popen[bytes]]:

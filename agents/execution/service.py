@@ -119,6 +119,7 @@ class OrderService:
         self.idle = asyncio.Event()  # set while nothing is in flight
         self.idle.set()
         self.ready = False  # set once start-up reconciliation is done
+        self.unready = "reconciling the orders of its last run"  # why not, meanwhile
         # Attached brackets (brackets.py, wired by the app): protect a position once its
         # entry is done; cancel our legs when they hold what an order needs to sell.
         # Orders approved and on their way to the exchange, until recorded: the next
@@ -236,7 +237,7 @@ class OrderService:
         """Place `req`; returns the order and whether this call created it."""
         if not self.ready:
             raise ServiceUnavailable(
-                "execution is still reconciling the orders of its last run; try again shortly"
+                f"execution is not ready to trade: {self.unready}; try again shortly"
             )
         await self.exchanges.ensure(req.exchange)  # live: keys re-read from Vault, fail closed
         market = await self.exchanges.market(req.exchange, req.symbol)

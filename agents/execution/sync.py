@@ -31,7 +31,7 @@ class Reconciler:
         self.brackets = brackets
         self.unknown_grace = unknown_grace
         self.ready = False
-        self.detail = "reconciling orders left from the last run"
+        self.detail = "reconciling the orders of its last run"
         self.kill_lock = asyncio.Lock()
         # Closing and keeping protective legs change the same coins: one at a time.
         self.close_lock = brackets.lock
@@ -47,14 +47,17 @@ class Reconciler:
             if warm_up is not None:
                 await warm_up()  # the sim builds its price history once per process
         while not self.ready:
+            step = "reconciling the orders of its last run"
             try:
                 await self.sync_once(startup=True)
+                step = "trading state unknown (risk has not told it)"
                 await self._apply_current_state()
                 self.ready, self.detail = True, "orders reconciled"
                 self.orders.ready = True
             except (VolexError, ExchangeError) as exc:
-                self.detail = f"reconciliation pending: {exc}"
-                log.warning("start-up reconciliation failed; retrying", extra={"reason": str(exc)})
+                self.detail = f"{step}: {exc}"
+                self.orders.unready = self.detail
+                log.warning("start-up not done; retrying", extra={"reason": self.detail})
                 await asyncio.sleep(1.0)
 
     async def sync_once(self, *, startup: bool = False) -> None:

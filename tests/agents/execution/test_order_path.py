@@ -301,6 +301,34 @@ def test_order_refused_with_503_when_a_guard_is_down(stack: Stack, agent: str) -
         stack.wait_for(lambda: stack.healthy(agent), timeout=60, what=f"{agent} back")
 
 
+def test_execution_started_while_risk_is_down_refuses_orders_until_it_knows_the_state(
+    stack: Stack,
+) -> None:
+    """Execution learns the trading state from risk before it trades: started while
+    risk is down it does not know whether trading is halted, and says so."""
+    stack.volex("stop", "risk")
+    try:
+        stack.volex("restart", "execution")
+
+        def unknown() -> httpx.Response | None:
+            try:
+                health = stack.health("execution")
+            except httpx.HTTPError:
+                return None  # (not listening yet)
+            return health if "trading state unknown" in health.text else None
+
+        health = stack.wait_for(unknown, timeout=60, what="execution to say what it lacks")
+        assert health.status_code == 503
+        refused = order(stack, amount="0.001", client_order_id=new_cid("unknown-state"))
+        assert refused.status_code == 503, refused.text
+        detail = refused.json()["detail"]
+        assert "trading state unknown" in detail and "risk" in detail, detail
+    finally:
+        stack.volex("start", "risk")
+    stack.wait_for(stack.all_healthy, timeout=90, what="execution ready once risk is back")
+    assert order(stack, amount="0.001", client_order_id=new_cid("known-state")).status_code == 201
+
+
 def test_order_refused_with_503_while_the_database_is_down(stack: Stack) -> None:
     stack.volex("stop", "postgres")
     try:
