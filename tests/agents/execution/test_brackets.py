@@ -166,6 +166,39 @@ def test_a_trailing_stop_is_watched_by_execution_and_closes_the_position_once(
     stack.wait_for(triggered, timeout=30, what="the trigger in the audit trail")
 
 
+def test_a_trailing_stop_that_fires_takes_the_legs_on_the_exchange_with_it(
+    stack: Stack,
+) -> None:
+    """Stop-loss and take-profit rest on the exchange, the trailing stop is watched by
+    execution: when it fires, the pair is cancelled and the position closed once."""
+    _flat(stack)
+    stop, target = _prices(stack, "0.9", "1.1")
+    placed = order(
+        stack,
+        symbol=SOL,
+        amount="1",
+        stop_loss=str(stop),
+        take_profit=str(target),
+        trailing_stop_pct="0.0002",
+    )
+    assert placed.status_code == 201 and placed.json()["status"] == "filled", placed.text
+    assert len(_legs(stack)) == 2
+    stack.wait_for(
+        lambda: _position(stack) is None, timeout=120, what="the trailing stop to close it"
+    )
+    with stack.engine().connect() as conn:
+        after = conn.execute(
+            text("SELECT role, status FROM orders WHERE symbol = :s AND id > :i ORDER BY id"),
+            {"s": SOL, "i": placed.json()["id"]},
+        ).all()
+    assert sorted((o.role, o.status) for o in after) == [
+        ("bracket_sl", "cancelled"),
+        ("bracket_tp", "cancelled"),
+        ("trailing_stop", "filled"),
+    ]
+    assert _legs(stack) == [] and _held_sol(stack) == 0
+
+
 def test_a_halt_cancels_the_legs_and_execution_watches_until_resume(stack: Stack) -> None:
     _flat(stack)
     stop, target = _prices(stack, "0.9", "1.1")
