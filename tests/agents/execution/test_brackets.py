@@ -50,6 +50,26 @@ def _prices(stack: Stack, below: str, above: str) -> tuple[Decimal, Decimal]:
     )
 
 
+def _exits(stack: Stack, symbol: str, entry_id: int) -> list[Any]:
+    """Wait for the position in `symbol` to close, then the orders placed on it after
+    the entry (role, side, status, amount, reason), oldest first."""
+    stack.wait_for(
+        lambda: _position(stack, symbol) is None,
+        timeout=120,
+        what=f"an exit to fire and close the {symbol} position",
+    )
+    with stack.engine().connect() as conn:
+        return list(
+            conn.execute(
+                text(
+                    "SELECT role, side, status, amount, reason FROM orders"
+                    " WHERE symbol = :s AND id > :i AND role <> 'entry' ORDER BY id"
+                ),
+                {"s": symbol, "i": entry_id},
+            ).all()
+        )
+
+
 def _held_sol(stack: Stack) -> Decimal:
     return Decimal(stack.get("execution", "/balance/sim").json()["balances"]["SOL"]["used"])
 
@@ -107,19 +127,7 @@ def test_a_leg_that_fires_closes_the_position_on_the_exchange(stack: Stack) -> N
     placed = order(stack, symbol=eth, amount="0.01", stop_loss=str(stop), take_profit=str(target))
     assert placed.status_code == 201, placed.text
     assert len(_legs(stack, eth)) == 2
-    stack.wait_for(
-        lambda: _position(stack, eth) is None,
-        timeout=120,
-        what="a leg to fire and close the position",
-    )
-    with stack.engine().connect() as conn:
-        exits = conn.execute(
-            text(
-                "SELECT role, status, reason FROM orders WHERE symbol = :s AND id > :i"
-                " AND role <> 'entry' ORDER BY id"
-            ),
-            {"s": eth, "i": placed.json()["id"]},
-        ).all()
+    exits = _exits(stack, eth, placed.json()["id"])
     fired = [e for e in exits if e.status == "filled"]
     assert len(fired) == 1 and fired[0].role in ROLES  # closed once, by the exchange
     cancelled = [e for e in exits if e.status == "cancelled"]
@@ -139,19 +147,7 @@ def test_a_trailing_stop_is_watched_by_execution_and_closes_the_position_once(
     assert position is not None and position["protected_by"] == "execution"
     assert Decimal(position["trailing_stop_pct"]) == Decimal("0.0002")
     assert _legs(stack, eth) == []  # a trailing stop never rests on the exchange
-    stack.wait_for(
-        lambda: _position(stack, eth) is None,
-        timeout=120,
-        what="the trailing stop to fire and close the position",
-    )
-    with stack.engine().connect() as conn:
-        exits = conn.execute(
-            text(
-                "SELECT role, side, status, amount, reason FROM orders"
-                " WHERE symbol = :s AND id > :i ORDER BY id"
-            ),
-            {"s": eth, "i": placed.json()["id"]},
-        ).all()
+    exits = _exits(stack, eth, placed.json()["id"])
     assert [(e.role, e.side, e.status, e.amount) for e in exits] == [
         ("trailing_stop", "sell", "filled", Decimal("0.01"))
     ]
@@ -183,14 +179,7 @@ def test_a_trailing_stop_that_fires_takes_the_legs_on_the_exchange_with_it(
     )
     assert placed.status_code == 201 and placed.json()["status"] == "filled", placed.text
     assert len(_legs(stack)) == 2
-    stack.wait_for(
-        lambda: _position(stack) is None, timeout=120, what="the trailing stop to close it"
-    )
-    with stack.engine().connect() as conn:
-        after = conn.execute(
-            text("SELECT role, status FROM orders WHERE symbol = :s AND id > :i ORDER BY id"),
-            {"s": SOL, "i": placed.json()["id"]},
-        ).all()
+    after = _exits(stack, SOL, placed.json()["id"])
     assert sorted((o.role, o.status) for o in after) == [
         ("bracket_sl", "cancelled"),
         ("bracket_tp", "cancelled"),
