@@ -276,10 +276,10 @@ async def live(
 
 
 async def realized_on(connection: asyncpg.Connection, day: date) -> Decimal:
-    """Realized PnL of the fills on UTC `day`, on every exchange: one row, kept by the
-    database as fills are written (`realized_pnl_days`)."""
+    """Realized PnL of the fills on UTC `day`, on every exchange: the day's rows (one per
+    market traded), kept by the database as fills are written (`realized_pnl_days`)."""
     total = await connection.fetchval(
-        "SELECT coalesce((SELECT realized FROM realized_pnl_days WHERE day = $1), 0)", day
+        "SELECT coalesce(sum(realized), 0) FROM realized_pnl_days WHERE day = $1", day
     )
     return Decimal(total)
 

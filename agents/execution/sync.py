@@ -13,13 +13,15 @@ import time
 from decimal import Decimal
 from typing import Any
 
+from pydantic import ValidationError
+
 from agents.execution import repository as repo
 from agents.execution.brackets import Brackets
 from agents.execution.exchange.base import ExchangeOrder
 from agents.execution.exchange.errors import ExchangeError, OrderNotFound
 from agents.execution.service import SERVICE, OrderService, audit
 from common.contracts import ApplyTradingState, ApplyTradingStateResult, TradingState
-from common.errors import VolexError
+from common.errors import UpstreamError, VolexError
 from common.models import Order, Position
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,10 @@ class Reconciler:
             try:
                 await self.sync_once(startup=True)
                 step = "trading state unknown (risk has not told it)"
-                await self._apply_current_state()
+                state = await self._risks_state()
+                if state.state == TradingState.HALTED:
+                    step = "trading is HALTED and what was open is not cancelled yet"
+                    await self.apply(state)
                 self.ready, self.detail = True, "orders reconciled"
                 self.orders.ready = True
             except (VolexError, ExchangeError) as exc:
@@ -59,6 +64,13 @@ class Reconciler:
                 self.orders.unready = self.detail
                 log.warning("start-up not done; retrying", extra={"reason": self.detail})
                 await asyncio.sleep(1.0)
+
+    async def _risks_state(self) -> ApplyTradingState:
+        answer = await self.orders.agents.risk.get("/state")
+        try:
+            return ApplyTradingState.model_validate(answer)
+        except ValidationError as exc:
+            raise UpstreamError(f"risk's /state is not a trading state: {exc}") from exc
 
     async def sync_once(self, *, startup: bool = False) -> None:
         for exchange, adapter in self.orders.exchanges.adapters.items():
@@ -273,11 +285,6 @@ class Reconciler:
     async def _drain_in_flight(self, timeout: float = 10.0) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.orders.idle.wait(), timeout)
-
-    async def _apply_current_state(self) -> None:
-        state: dict[str, Any] = await self.orders.agents.risk.get("/state")
-        if state.get("state") == TradingState.HALTED:
-            await self.apply(ApplyTradingState.model_validate(state))
 
     async def snapshot(self) -> None:
         """Tell risk what the account is worth: its drawdown breaker and VaR feed on this."""

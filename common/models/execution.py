@@ -83,11 +83,8 @@ class Fill(Base):
     """One trade of an order; unique per exchange trade id, so recording is idempotent."""
 
     __tablename__ = "fills"
-    __table_args__ = (
-        UniqueConstraint("exchange", "trade_id"),
-        # Today's realized PnL (every order's pre-trade check) from the index alone.
-        Index("ix_fills_filled_at", "filled_at", postgresql_include=["realized_pnl"]),
-    )
+    # (Today's realized PnL is kept per day by triggers: RealizedPnlDay.)
+    __table_args__ = (UniqueConstraint("exchange", "trade_id"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
@@ -104,14 +101,17 @@ class Fill(Base):
 
 
 class RealizedPnlDay(Base):
-    """Realized PnL per UTC day, on every exchange: what risk's daily loss limit reads on
-    each approval, one row instead of a sum over the day's fills. Kept by triggers on
-    `fills` (migration execution_0004): every insert, update and delete of a fill moves
-    its day's total, so nothing writes this table but the database itself."""
+    """Realized PnL per UTC day and market: what risk's daily loss limit reads on each
+    approval, the day's rows (one per market traded) instead of a sum over its fills.
+    Kept by triggers on `fills` (migration execution_0004): every insert, update and
+    delete of a fill moves its day's total, so nothing writes this table but the
+    database itself."""
 
     __tablename__ = "realized_pnl_days"
 
     day: Mapped[date] = mapped_column(Date, primary_key=True)
+    exchange: Mapped[str] = mapped_column(String(64), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(41), primary_key=True)
     realized: Mapped[Decimal] = mapped_column(ledger_numeric())
 
 

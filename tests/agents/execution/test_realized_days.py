@@ -1,6 +1,7 @@
-"""Realized PnL per UTC day (`realized_pnl_days`): every order's approval reads today's
-from one row, kept by the database as fills are written, changed or removed (a sum over
-the day's fills grew with every fill: 8.5 ms at 100,000, bench/README.md)."""
+"""Realized PnL per UTC day and market (`realized_pnl_days`): every order's approval
+reads today's from the day's rows, kept by the database as fills are written, changed or
+removed (a sum over the day's fills grew with every fill: 8.5 ms at 100,000,
+bench/README.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from sqlalchemy import Connection, text
 from tests.agents.execution.fleet import close_position, new_cid, order
 from tests.conftest import Stack
 
-DAYS = "SELECT day, realized FROM realized_pnl_days ORDER BY day"
+DAYS = "SELECT day, sum(realized) AS realized FROM realized_pnl_days GROUP BY day ORDER BY day"
+SUMS_BY_MARKET = (
+    "SELECT (filled_at AT TIME ZONE 'UTC')::date, exchange, symbol, sum(realized_pnl)"
+    " FROM fills GROUP BY 1, 2, 3"
+)
 SUMS = (
     "SELECT (filled_at AT TIME ZONE 'UTC')::date AS day, sum(realized_pnl) AS realized"
     " FROM fills GROUP BY 1 ORDER BY 1"
@@ -111,4 +116,7 @@ def test_trading_keeps_every_day_equal_to_its_fills(stack: Stack, conn: Connecti
     assert close_position(stack, symbol).status_code == 200
     days = _nonzero(_days(conn))
     assert days == _nonzero(_sums(conn))
+    kept = conn.execute(text("SELECT day, exchange, symbol, realized FROM realized_pnl_days"))
+    summed = conn.execute(text(SUMS_BY_MARKET))
+    assert {tuple(r) for r in kept if r[3]} == {tuple(r) for r in summed if r[3]}
     assert datetime.now(UTC).date() in days  # the trades above made (or lost) something
