@@ -467,8 +467,11 @@ def test_while_halted_only_reducing_orders_and_cancels_go_through(stack: Stack) 
         halt = stack.post("risk", "/halt", {"reason": reason, "flatten": False}, timeout=60)
         assert halt.status_code == 200, halt.text
         assert halt.json()["state"]["state"] == "HALTED", halt.text
-        applied = halt.json()["execution"]  # (risk tells execution before it answers)
-        assert applied["applied"] is True and applied["result"]["cancelled_orders"] >= 1, applied
+        # Risk tells execution before it answers. The news also comes over Redis, and
+        # whichever arrives first cancels (the other waits for it, then finds nothing
+        # left): so the order is cancelled by now, by this call or by the broadcast.
+        applied = halt.json()["execution"]
+        assert applied["applied"] is True and applied["result"]["errors"] == [], applied
         assert _stored(stack, resting["id"])["status"] == "cancelled"
         assert D(_positions(stack)[eth]["amount"]) == D("0.01")
 
