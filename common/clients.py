@@ -153,6 +153,13 @@ class AgentClient:
         was a tenth of execution's CPU."""
         content = body.model_dump_json().encode()
         response = self._checked(await self.request("POST", path, content=content, timeout=timeout))
+        return self._read(path, response, answer)
+
+    async def get_model(self, path: str, answer: type[M]) -> M:
+        """GET `path` and read the answer as an `answer` (as `post_model` does)."""
+        return self._read(path, self._checked(await self.request("GET", path)), answer)
+
+    def _read(self, path: str, response: AgentResponse, answer: type[M]) -> M:
         try:
             return answer.model_validate_json(response.content)
         except ValidationError as exc:

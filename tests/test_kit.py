@@ -136,17 +136,20 @@ def test_client_gives_up_on_an_agent_that_never_answers() -> None:
 
 def test_post_model_sends_the_models_json_and_reads_the_answer_as_one() -> None:
     """`post_model` (the order path's checks) sends the body as the model's JSON and reads
-    the answer as the model it expects; an answer that is not one is a 502, never a guess."""
+    the answer as the model it expects; an answer that is not one is a 502, never a guess.
+    `get_model` reads its answer the same way."""
     seen: list[object] = []
 
     async def answer(request: web.Request) -> web.Response:
-        seen.append(await request.json())
+        if request.method == "POST":
+            seen.append(await request.json())
         approved = {"good": True, "bad": "perhaps"}[request.match_info["kind"]]
         return web.json_response({"decisions": [{"approved": approved, "checks": []}]})
 
     async def run() -> tuple[CheckDecisions, UpstreamError]:
         app = web.Application()
         app.router.add_post("/risk/{kind}", answer)
+        app.router.add_get("/risk/{kind}", answer)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -159,6 +162,10 @@ def test_post_model_sends_the_models_json_and_reads_the_answer_as_one() -> None:
                 good = await agents.risk.post_model("/good", body, CheckDecisions)
                 with pytest.raises(UpstreamError) as bad:
                     await agents.risk.post_model("/bad", body, CheckDecisions)
+                got = await agents.risk.get_model("/good", CheckDecisions)
+                assert got == good
+                with pytest.raises(UpstreamError, match="answered /bad with a body that is not"):
+                    await agents.risk.get_model("/bad", CheckDecisions)
         finally:
             await runner.cleanup()
         return good, bad.value

@@ -67,6 +67,7 @@ from common.money import to_step
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SERVICE = "execution"
+STARTING = "reconciling the orders of its last run"  # what a just-started execution waits for
 # Only the rules that failed come back: a refusal names them; every result is stored and
 # audited by risk and compliance themselves.
 RISK_CHECKS = "/checks/pre-trade/batch?checks=failed"
@@ -118,8 +119,8 @@ class OrderService:
         self.in_flight: dict[int, tuple[str, str]] = {}
         self.idle = asyncio.Event()  # set while nothing is in flight
         self.idle.set()
-        self.ready = False  # set once start-up reconciliation is done
-        self.unready = "reconciling the orders of its last run"  # why not, meanwhile
+        # Why it cannot trade yet (start-up reconciliation: sync.py); None once it can.
+        self.unready: str | None = STARTING
         # Attached brackets (brackets.py, wired by the app): protect a position once its
         # entry is done; cancel our legs when they hold what an order needs to sell.
         # Orders approved and on their way to the exchange, until recorded: the next
@@ -235,7 +236,7 @@ class OrderService:
     # --- placing ------------------------------------------------------------------------
     async def place(self, req: OrderRequest, caller: Caller) -> tuple[Order, bool]:
         """Place `req`; returns the order and whether this call created it."""
-        if not self.ready:
+        if self.unready is not None:
             raise ServiceUnavailable(
                 f"execution is not ready to trade: {self.unready}; try again shortly"
             )

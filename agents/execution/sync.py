@@ -13,15 +13,13 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from pydantic import ValidationError
-
 from agents.execution import repository as repo
 from agents.execution.brackets import Brackets
 from agents.execution.exchange.base import ExchangeOrder
 from agents.execution.exchange.errors import ExchangeError, OrderNotFound
-from agents.execution.service import SERVICE, OrderService, audit
+from agents.execution.service import SERVICE, STARTING, OrderService, audit
 from common.contracts import ApplyTradingState, ApplyTradingStateResult, TradingState
-from common.errors import UpstreamError, VolexError
+from common.errors import VolexError
 from common.models import Order, Position
 
 log = logging.getLogger(__name__)
@@ -33,7 +31,7 @@ class Reconciler:
         self.brackets = brackets
         self.unknown_grace = unknown_grace
         self.ready = False
-        self.detail = "reconciling the orders of its last run"
+        self.detail = STARTING
         self.kill_lock = asyncio.Lock()
         # Closing and keeping protective legs change the same coins: one at a time.
         self.close_lock = brackets.lock
@@ -49,28 +47,20 @@ class Reconciler:
             if warm_up is not None:
                 await warm_up()  # the sim builds its price history once per process
         while not self.ready:
-            step = "reconciling the orders of its last run"
+            step = STARTING
             try:
                 await self.sync_once(startup=True)
                 step = "trading state unknown (risk has not told it)"
-                state = await self._risks_state()
+                state = await self.orders.agents.risk.get_model("/state", ApplyTradingState)
                 if state.state == TradingState.HALTED:
                     step = "trading is HALTED and what was open is not cancelled yet"
                     await self.apply(state)
                 self.ready, self.detail = True, "orders reconciled"
-                self.orders.ready = True
+                self.orders.unready = None
             except (VolexError, ExchangeError) as exc:
-                self.detail = f"{step}: {exc}"
-                self.orders.unready = self.detail
+                self.detail = self.orders.unready = f"{step}: {exc}"
                 log.warning("start-up not done; retrying", extra={"reason": self.detail})
                 await asyncio.sleep(1.0)
-
-    async def _risks_state(self) -> ApplyTradingState:
-        answer = await self.orders.agents.risk.get("/state")
-        try:
-            return ApplyTradingState.model_validate(answer)
-        except ValidationError as exc:
-            raise UpstreamError(f"risk's /state is not a trading state: {exc}") from exc
 
     async def sync_once(self, *, startup: bool = False) -> None:
         for exchange, adapter in self.orders.exchanges.adapters.items():

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from agents.execution.exchange.sim_markets import DEFAULT_MARKETS, Fees, MarketSpec
 from agents.risk.schemas import Limits
 from common.money import to_step
-from tests.agents.execution.fleet import close_position, new_cid, order
+from tests.agents.execution.fleet import balance, close_position, new_cid, order, positions
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.usefixtures("repeatable_orders", "active")
@@ -37,19 +37,6 @@ def _spec(symbol: str) -> MarketSpec:
 def _ticker(stack: Stack, symbol: str) -> dict[str, Decimal]:
     body = stack.get("execution", f"/ticker/sim/{symbol.replace('/', '-')}").json()
     return {k: D(body[k]) for k in ("bid", "ask", "last")}
-
-
-def _balance(stack: Stack, currency: str) -> dict[str, Decimal]:
-    """The sim's free, used and total `currency` (all zero when it holds none)."""
-    balances = stack.get("execution", "/balance/sim").json()["balances"]
-    found = balances.get(currency, {"free": 0, "used": 0, "total": 0})
-    return {k: D(str(found[k])) for k in ("free", "used", "total")}
-
-
-def _positions(stack: Stack) -> dict[str, dict[str, Any]]:
-    response = stack.get("execution", "/positions/sim")
-    assert response.status_code == 200, response.text
-    return {p["symbol"]: p for p in response.json()}
 
 
 def _stored(stack: Stack, order_id: int) -> dict[str, Any]:
@@ -136,7 +123,7 @@ def test_cancel_all_takes_every_resting_order_off_the_book_and_frees_their_funds
 ) -> None:
     """POST /orders/sim/cancel-all without a symbol cancels every resting order on the
     exchange, on every symbol, and the sim releases what they held."""
-    before = _balance(stack, "USDT")
+    before = balance(stack, "USDT")
     with _limits(stack, price_collar_pct="0.6"):  # (rest them far from the price)
         placed = [
             _rest_buy(stack, "BTC/USDT", "0.001", "0.5"),
@@ -146,7 +133,7 @@ def test_cancel_all_takes_every_resting_order_off_the_book_and_frees_their_funds
     ids = [p["id"] for p in placed]
     try:
         held = sum((D(p["amount"]) * D(p["price"]) * HOLD_RATE for p in placed), D(0))
-        resting = _balance(stack, "USDT")
+        resting = balance(stack, "USDT")
         assert resting["used"] - before["used"] == held, (before, resting, held)
         assert resting["free"] == before["free"] - held and resting["total"] == before["total"]
 
@@ -161,7 +148,7 @@ def test_cancel_all_takes_every_resting_order_off_the_book_and_frees_their_funds
             stored = _stored(stack, oid)
             assert stored["status"] == "cancelled" and D(stored["filled"]) == 0, stored
         assert _open_orders(stack) == []
-        assert _balance(stack, "USDT") == before  # nothing held any more, nothing spent
+        assert balance(stack, "USDT") == before  # nothing held any more, nothing spent
 
         again = stack.post("execution", "/orders/sim/cancel-all")
         assert again.status_code == 200 and again.json() == {"cancelled": [], "errors": []}
@@ -257,7 +244,7 @@ def test_a_quote_amount_buy_spends_that_much_quote(stack: Stack) -> None:
     and the price's move between the mark and the fill; the fee comes on top."""
     btc = "BTC/USDT"
     step = _spec(btc).amount_step
-    usdt_before = _balance(stack, "USDT")["total"]
+    usdt_before = balance(stack, "USDT")["total"]
     response = order(stack, symbol=btc, quote_amount="50", client_order_id=new_cid("quote"))
     try:
         assert response.status_code == 201, response.text
@@ -272,7 +259,7 @@ def test_a_quote_amount_buy_spends_that_much_quote(stack: Stack) -> None:
         assert abs(D(placed["fee"]) - cost * TAKER_FEE) < EXACT, placed
         stored = _stored(stack, placed["id"])
         assert D(stored["amount"]) == amount and D(stored["amount"]) % step == 0, stored
-        spent = usdt_before - _balance(stack, "USDT")["total"]
+        spent = usdt_before - balance(stack, "USDT")["total"]
         assert abs(spent - cost - D(placed["fee"])) < EXACT, (spent, placed)
     finally:
         close_position(stack, btc)
@@ -295,7 +282,7 @@ def test_closing_without_a_symbol_closes_every_position(stack: Stack) -> None:
     try:
         _bought(stack, sol, "0.1")
         _bought(stack, xrp, "20")
-        held = _positions(stack)
+        held = positions(stack)
         assert D(held[sol]["amount"]) == D("0.1") and D(held[xrp]["amount"]) == D(20), held
 
         response = stack.post("execution", "/positions/sim/close", {})
@@ -310,9 +297,9 @@ def test_closing_without_a_symbol_closes_every_position(stack: Stack) -> None:
             assert close["reduce_only"] is True and close["role"] == "close", close
             assert D(close["amount"]) == D(close["filled"]) == amount, close
             assert close["reason"] == "closed by operator", close
-        after = _positions(stack)
+        after = positions(stack)
         assert sol not in after and xrp not in after, after
-        assert _balance(stack, "SOL")["total"] == 0 and _balance(stack, "XRP")["total"] == 0
+        assert balance(stack, "SOL")["total"] == 0 and balance(stack, "XRP")["total"] == 0
     finally:
         _flatten(stack, sol, xrp)
 
@@ -326,7 +313,7 @@ def test_position_pnl_follows_the_ledger(stack: Stack) -> None:
     try:
         buy = _bought(stack, bnb, "0.1")
         entry, buy_fee = D(buy["average_price"]), D(buy["fee"])
-        held = _positions(stack)[bnb]
+        held = positions(stack)[bnb]
         assert D(held["amount"]) == D("0.1") and abs(D(held["entry_price"]) - entry) < EXACT
         mark = D(held["mark_price"])
         ticker = _ticker(stack, bnb)
@@ -337,7 +324,7 @@ def test_position_pnl_follows_the_ledger(stack: Stack) -> None:
         sell = order(stack, symbol=bnb, side="sell", amount="0.04", client_order_id=new_cid())
         assert sell.status_code == 201 and sell.json()["status"] == "filled", sell.text
         sold_at, sell_fee = D(sell.json()["average_price"]), D(sell.json()["fee"])
-        left = _positions(stack)[bnb]
+        left = positions(stack)[bnb]
         assert D(left["amount"]) == D("0.06"), left
         assert abs(D(left["entry_price"]) - entry) < EXACT, left  # a sale keeps the entry
         realized = D(left["realized_pnl"]) - D(held["realized_pnl"])
@@ -400,7 +387,7 @@ def test_a_sale_of_coins_the_account_does_not_hold_is_refused_for_funds(stack: S
     sale of coins the account does not hold, and the caller hears the sim's reason."""
     eth = "ETH/USDT"
     _flatten(stack, eth)
-    usdt_before = _balance(stack, "USDT")
+    usdt_before = balance(stack, "USDT")
     cid = new_cid("nofunds")
     response = order(stack, symbol=eth, side="sell", amount="0.005", client_order_id=cid)
     assert response.status_code == 422, response.text
@@ -417,7 +404,7 @@ def test_a_sale_of_coins_the_account_does_not_hold_is_refused_for_funds(stack: S
         if o["client_order_id"] == cid
     ]
     assert stored["status"] == "rejected" and detail.endswith(stored["reason"]), stored
-    assert eth not in _positions(stack) and _balance(stack, "USDT") == usdt_before
+    assert eth not in positions(stack) and balance(stack, "USDT") == usdt_before
 
 
 def test_a_buy_beyond_the_cash_is_refused_for_funds(stack: Stack) -> None:
@@ -425,7 +412,7 @@ def test_a_buy_beyond_the_cash_is_refused_for_funds(stack: Stack) -> None:
     approved by risk and refused by the sim, naming what it needs and what is free."""
     btc = "BTC/USDT"
     spec = _spec(btc)
-    free = _balance(stack, "USDT")["free"]
+    free = balance(stack, "USDT")["free"]
     price = to_step(_ticker(stack, btc)["bid"] * D("0.97"), spec.price_step)
     amount = to_step(free * D("1.5") / price, spec.amount_step)
     cid = new_cid("nocash")
@@ -473,7 +460,7 @@ def test_while_halted_only_reducing_orders_and_cancels_go_through(stack: Stack) 
         applied = halt.json()["execution"]
         assert applied["applied"] is True and applied["result"]["errors"] == [], applied
         assert _stored(stack, resting["id"])["status"] == "cancelled"
-        assert D(_positions(stack)[eth]["amount"]) == D("0.01")
+        assert D(positions(stack)[eth]["amount"]) == D("0.01")
 
         refused = order(stack, symbol=eth, amount="0.003", client_order_id=new_cid("halted"))
         assert refused.status_code == 409, refused.text
@@ -494,7 +481,7 @@ def test_while_halted_only_reducing_orders_and_cancels_go_through(stack: Stack) 
         )
         assert limit_sell.status_code == 201, limit_sell.text
         assert limit_sell.json()["status"] == "open", limit_sell.text
-        assert _balance(stack, "ETH")["used"] == D("0.003")
+        assert balance(stack, "ETH")["used"] == D("0.003")
 
         market_sell = order(
             stack,
@@ -506,13 +493,13 @@ def test_while_halted_only_reducing_orders_and_cancels_go_through(stack: Stack) 
         )
         assert market_sell.status_code == 201, market_sell.text
         assert market_sell.json()["status"] == "filled", market_sell.text
-        assert D(_positions(stack)[eth]["amount"]) == D("0.007")
+        assert D(positions(stack)[eth]["amount"]) == D("0.007")
 
         cancelled = _cancel(stack, limit_sell.json()["id"])
         assert cancelled.status_code == 200, cancelled.text
         assert cancelled.json()["status"] == "cancelled", cancelled.text
         assert _stored(stack, limit_sell.json()["id"])["status"] == "cancelled"
-        assert _balance(stack, "ETH")["used"] == 0
+        assert balance(stack, "ETH")["used"] == 0
     finally:
         stack.post("risk", "/resume", {"reason": "halt drill over"}).raise_for_status()
         for leftover in _open_orders(stack):

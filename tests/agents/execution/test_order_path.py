@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from common.contracts import AuditEventIn
 from common.outbox import record
-from tests.agents.execution.fleet import close_position, new_cid, order
+from tests.agents.execution.fleet import balance, close_position, new_cid, order, positions
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.usefixtures("repeatable_orders", "active")
@@ -35,8 +35,7 @@ def test_market_buy_fills_and_opens_a_position(stack: Stack) -> None:
     spent = Decimal(before) - Decimal(after)
     cost = Decimal(placed["average_price"]) * Decimal("0.01") + Decimal(placed["fee"])
     assert abs(spent - cost) < Decimal("0.0001")
-    positions = {p["symbol"]: p for p in stack.get("execution", "/positions/sim").json()}
-    assert Decimal(positions["BTC/USDT"]["amount"]) >= Decimal("0.01")
+    assert Decimal(positions(stack)["BTC/USDT"]["amount"]) >= Decimal("0.01")
 
     # The audit trail reaches compliance: the request, both checks, the fill (a FillEvent)
     # and the order's completion, each of its own kind.
@@ -132,8 +131,8 @@ def test_armed_faults_are_listed_and_cleared(stack: Stack) -> None:
 
 
 def test_killed_between_accept_and_record_recovers_exactly_once(stack: Stack) -> None:
-    held_before = _held(stack, "BTC/USDT")
-    coins_before = _coins(stack, "BTC")
+    held_before = Decimal(positions(stack).get("BTC/USDT", {"amount": 0})["amount"])
+    coins_before = balance(stack, "BTC")["total"]
     stack.post("execution", "/exchanges/sim/faults", {"kind": "hang_after_accept"})
     cid = new_cid("kill")
     pid = stack.get("execution", "/info").json()["pid"]
@@ -168,22 +167,8 @@ def test_killed_between_accept_and_record_recovers_exactly_once(stack: Stack) ->
         ).scalar_one()
     assert fills == Decimal("0.002")
     # The ledger's position and the exchange's account both moved by the order, once.
-    assert _held(stack, "BTC/USDT") - held_before == Decimal("0.002")
-    assert _coins(stack, "BTC") - coins_before == Decimal("0.002")
-
-
-def _held(stack: Stack, symbol: str) -> Decimal:
-    """Our position's amount in `symbol` on the sim, as execution's ledger has it."""
-    for position in stack.get("execution", "/positions/sim").json():
-        if position["symbol"] == symbol:
-            return Decimal(position["amount"])
-    return Decimal(0)
-
-
-def _coins(stack: Stack, asset: str) -> Decimal:
-    """The sim account's total of `asset`, as the exchange reports it."""
-    balances = stack.get("execution", "/balance/sim").json()["balances"]
-    return Decimal(balances.get(asset, {}).get("total", 0))
+    assert Decimal(positions(stack)["BTC/USDT"]["amount"]) - held_before == Decimal("0.002")
+    assert balance(stack, "BTC")["total"] - coins_before == Decimal("0.002")
 
 
 def test_an_exchange_refusing_our_keys_halts_trading(stack: Stack) -> None:
